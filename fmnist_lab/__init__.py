@@ -1,0 +1,1 @@
+"""fmnist-lab: a Fashion-MNIST hyperparameter study, reproduced with Hydra and Lightning."""

@@ -1,0 +1,142 @@
+"""The study's four networks (at most three hidden layers) and the ResNet-18 reference.
+
+Every network is `features` (input -> last hidden layer, flattened) followed by one linear
+`classifier`, so the representation comparison can read the last hidden layer of any of
+them the same way. ReLU follows every hidden layer. Parameter counts are in SPEC §3 and
+checked by the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+class StudyNet(nn.Module):
+    """features -> classifier; `name` is what configs and results call the network."""
+
+    name: str = ""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+
+
+def _fc(n_in: int, n_out: int) -> list[nn.Module]:
+    return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
+
+
+class TwoConvOneFC(StudyNet):
+    """conv 1->32, conv 32->64, max-pool 2, fc 64*14*14->128, fc 128->10 (1,625,866 params)."""
+
+    name = "two_conv_one_fc"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        features = nn.Sequential(
+            *_conv(1, 32), *_conv(32, 64), nn.MaxPool2d(2), nn.Flatten(), *_fc(64 * 14 * 14, 128)
+        )
+        super().__init__(features, nn.Linear(128, num_classes))
+
+
+class OneConvTwoFC(StudyNet):
+    """conv 1->32, max-pool 2, fc 32*14*14->64, fc 64->128, fc 128->10 (411,402 params)."""
+
+    name = "one_conv_two_fc"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        features = nn.Sequential(
+            *_conv(1, 32), nn.MaxPool2d(2), nn.Flatten(), *_fc(32 * 14 * 14, 64), *_fc(64, 128)
+        )
+        super().__init__(features, nn.Linear(128, num_classes))
+
+
+class ThreeFC(StudyNet):
+    """fc 784->64, fc 64->128, fc 128->256, fc 256->10 (94,154 params)."""
+
+    name = "three_fc"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        features = nn.Sequential(nn.Flatten(), *_fc(28 * 28, 64), *_fc(64, 128), *_fc(128, 256))
+        super().__init__(features, nn.Linear(256, num_classes))
+
+
+class ThreeConv(StudyNet):
+    """conv 1->32, conv 32->64, max-pool 2, conv 64->128, max-pool 2, fc 128*7*7->10.
+
+    The seed text places a single 2x2 max-pool after the third convolution, yet feeds
+    128*7*7 features to the classifier; with 3x3 padding-1 convolutions on 28x28 inputs
+    one pool gives 14x14. Two pools, after conv 2 and conv 3, satisfy both statements
+    (155,402 params).
+    """
+
+    name = "three_conv"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        features = nn.Sequential(
+            *_conv(1, 32), *_conv(32, 64), nn.MaxPool2d(2), *_conv(64, 128), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        super().__init__(features, nn.Linear(128 * 7 * 7, num_classes))
+
+
+class ResNet18(StudyNet):
+    """torchvision's ResNet-18 for 28x28 grey images (11,172,810 params).
+
+    One input channel, a 3x3 stride-1 first convolution and no stem max-pool, so the
+    small images are not downsampled 4x before the first residual stage. `features` ends
+    with the global average pool: the 512 features the comparison reads.
+    """
+
+    name = "resnet18"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        net = torchvision.models.resnet18(num_classes=num_classes)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        features = nn.Sequential(
+            net.conv1, net.bn1, net.relu,
+            net.layer1, net.layer2, net.layer3, net.layer4,
+            net.avgpool, nn.Flatten(),
+        )
+        super().__init__(features, net.fc)
+
+
+MODELS: dict[str, type[StudyNet]] = {
+    cls.name: cls for cls in (TwoConvOneFC, OneConvTwoFC, ThreeFC, ThreeConv, ResNet18)
+}
+
+INITS = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+}
+
+
+def init_weights(net: nn.Module, scheme: str) -> nn.Module:
+    """Apply `scheme` to every conv and linear weight and zero their biases.
+
+    `default` keeps PyTorch's own initialisation (Kaiming-uniform with a=sqrt(5) and small
+    uniform biases). Batch-norm layers keep theirs in every case.
+    """
+    if scheme == "default":
+        return net
+    init = INITS[scheme]
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            init(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def num_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,80 @@
+"""Checks on a composed config, run before anything trains.
+
+Hydra already rejects unknown groups and keys with its own message; this catches values of
+the wrong type or out of range and names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lab.data import COUNTS
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming key, value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        self.key = key
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+# key -> (test, what is allowed); a test sees the value and the whole config.
+RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
+    "seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
+    "optimizer.lr": (lambda v, c: _is_number(v) and v > 0, "a number > 0"),
+    "optimizer.momentum": (lambda v, c: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.weight_decay": (lambda v, c: _is_number(v) and v >= 0, "a number >= 0"),
+    "data.batch_size": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.train_size": (
+        lambda v, c: v is None or (_is_int(v) and 1 <= v <= COUNTS["train"]),
+        f"null (all) or an integer from 1 to {COUNTS['train']}",
+    ),
+    "data.val_size": (
+        lambda v, c: _is_int(v) and 1 <= v < COUNTS["train"],
+        f"an integer from 1 to {COUNTS['train'] - 1}",
+    ),
+    "data.test_size": (
+        lambda v, c: v is None or (_is_int(v) and 1 <= v <= COUNTS["test"]),
+        f"null (all) or an integer from 1 to {COUNTS['test']}",
+    ),
+    "data.num_folds": (
+        lambda v, c: v is None or (_is_int(v) and v >= 2), "null (hold-out) or an integer >= 2"
+    ),
+    "data.fold": (
+        lambda v, c: _is_int(v) and (0 <= v < (c.data.num_folds or 1)),
+        "an integer in [0, data.num_folds)",
+    ),
+    "data.split_seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
+    "trainer.max_epochs": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_threads": (lambda v, c: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that breaks a rule."""
+    for key, (test, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if not test(value, cfg):
+            raise ConfigError(key, value, allowed)
+    if cfg.data.fold != 0 and not cfg.data.num_folds:
+        raise ConfigError("data.fold", cfg.data.fold, "0 unless data.num_folds is set")
+    if cfg.data.num_folds and cfg.data.train_size is not None:
+        if cfg.data.train_size < cfg.data.num_folds * 10:
+            raise ConfigError(
+                "data.train_size", cfg.data.train_size,
+                f"at least 10 images per fold ({cfg.data.num_folds * 10}) with data.num_folds",
+            )

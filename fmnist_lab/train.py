@@ -1,0 +1,262 @@
+"""`python -m fmnist_lab.train [overrides]`: one training run, or a sweep with `-m`.
+
+A run fits one network, tests it on the test set, and writes `results.json` (SPEC §2) into
+its Hydra run folder beside the TensorBoard events and `checkpoints/last.ckpt`. Started
+again in the same folder (a sweep re-run with the same `hydra.sweep.dir`), a finished run
+is skipped and an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fmnist_lab.data import DataError, FashionMNISTDataModule
+from fmnist_lab.models import init_weights, num_params
+from fmnist_lab.module import Classifier
+from fmnist_lab.schema import ConfigError, check_config
+
+log = logging.getLogger("fmnist_lab")
+
+RESULTS_FILE = "results.json"
+FINISHED = ("completed", "diverged")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temporary file, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / RESULTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class History(pl.Callback):
+    """Per-epoch metrics and timings, kept in checkpoints so a resumed run keeps its past."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    def _now(self, module: pl.LightningModule) -> float:
+        if module.device.type == "cuda":  # time the GPU's work, not the launch queue
+            torch.cuda.synchronize(module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = self._train_end = self._now(module)
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        self._images += len(batch[1])
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._train_end = self._now(module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        end = self._now(module)
+        train_end = self._train_end if self._train_end > self._start else end
+        self.train_seconds += train_end - self._start
+        self.train_images += self._images
+        metrics = trainer.callback_metrics
+        entry = {"epoch": trainer.current_epoch + 1}
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            if key in metrics:
+                entry[key.replace("/", "_")] = float(metrics[key])
+        entry["seconds"] = round(end - self._start, 3)
+        self.epochs.append(entry)
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "train_seconds": self.train_seconds,
+                "train_images": self.train_images}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs = list(state["epochs"])
+        self.train_seconds = state["train_seconds"]
+        self.train_images = state["train_images"]
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted-key view of the run's config, for TensorBoard's HParams tab and the report."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def build_datamodule(cfg: DictConfig) -> FashionMNISTDataModule:
+    return FashionMNISTDataModule(**cfg.data, seed=cfg.seed, augment=instantiate(cfg.transforms))
+
+
+def build_module(cfg: DictConfig) -> Classifier:
+    """The network, initialised from `seed` alone: every fold and resume starts the same."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    net = init_weights(instantiate(cfg.model), cfg.init.scheme)
+    return Classifier(net, **cfg.optimizer)
+
+
+def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Fit, test and write `results.json` into `out_dir`; returns what it wrote."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+
+    checkpoint_dir = out_dir / "checkpoints"
+    last_checkpoint = checkpoint_dir / "last.ckpt"
+    resume_from = str(last_checkpoint) if last_checkpoint.exists() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+
+    history = History()
+    logger = TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version="",
+                               default_hp_metric=False)
+    trainer = pl.Trainer(
+        **cfg.trainer,
+        logger=logger,
+        callbacks=[ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0), history],
+    )
+    result: dict[str, Any] = {
+        "status": "running",
+        "model": type(module.net).name,
+        "num_params": num_params(module.net),
+        "seed": cfg.seed,
+        "overrides": list(overrides or []),
+    }
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+
+    test: dict[str, float] = {}
+    if module.diverged_epoch is None:
+        test = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule,
+                                                      verbose=False)[0].items()}
+    result.update(
+        status="completed" if module.diverged_epoch is None else "diverged",
+        diverged_epoch=module.diverged_epoch,
+        history=history.epochs,
+        test_loss=test.get("test/loss"),
+        test_acc=test.get("test/acc"),
+        device=trainer.strategy.root_device.type,
+        train_images_per_second=history.images_per_second,
+        train_images=datamodule.num_images("train"),
+        val_images=datamodule.num_images("val"),
+        test_images=datamodule.num_images("test"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    final = history.epochs[-1] if history.epochs else {}
+    logger.log_hyperparams(
+        {k: v for k, v in _flat(cfg).items() if v is not None},
+        metrics={"hp/val_acc": final.get("val_acc", float("nan")),
+                 "hp/test_acc": result["test_acc"] if result["test_acc"] is not None
+                 else float("nan")},
+    )
+    write_json_atomic(out_dir / RESULTS_FILE, result)
+    return result
+
+
+def _summary(result: dict, out_dir: Path) -> str:
+    if result["status"] == "diverged":
+        return (f"{result['model']}: diverged in epoch {result['diverged_epoch']} "
+                f"(non-finite loss) -> {out_dir}")
+    speed = result["train_images_per_second"]
+    return (f"{result['model']}: test accuracy {result['test_acc']:.4f}, test loss "
+            f"{result['test_loss']:.4f} after {len(result['history'])} epochs "
+            f"({speed:.0f} train images/s on {result['device']}) -> {out_dir}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+
+    previous = read_results(out_dir)
+    if previous and previous.get("status") in FINISHED:
+        print(f"skipping {out_dir}: already {previous['status']}")
+        return
+
+    try:
+        check_config(cfg)
+        result = train(cfg, out_dir, overrides)
+    except (ConfigError, DataError) as e:
+        if multirun:
+            _record_failure(out_dir, cfg, overrides, e)
+        sys.exit(f"error: {e}")
+    except Exception as e:
+        # One run's bug must not take a sweep down: record it, go on, fail at the end.
+        _record_failure(out_dir, cfg, overrides, e)
+        (out_dir / "traceback.txt").write_text(traceback.format_exc())
+        message = (f"error: run failed: {type(e).__name__}: {e} "
+                   f"(traceback in {out_dir}/traceback.txt)")
+        if not multirun:
+            sys.exit(message)
+        print(message, file=sys.stderr)
+        return
+    print(_summary(result, out_dir))
+
+
+def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str], e: Exception) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / RESULTS_FILE, {
+        "status": "failed", "error": f"{type(e).__name__}: {e}", "seed": cfg.get("seed"),
+        "overrides": overrides,
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    })
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: count the runs by status; exit non-zero naming failed runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses: dict[str, list[str]] = {}
+        for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
+            result = read_results(path.parent) or {"status": "unreadable"}
+            name = " ".join(result.get("overrides", [])) or str(path.parent)
+            statuses.setdefault(result["status"], []).append(name)
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items()))
+        print(f"sweep {sweep_dir}: {counts or 'no runs'}")
+        if statuses.get("failed"):
+            for name in statuses["failed"]:
+                print(f"  failed: {name}", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

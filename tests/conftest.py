@@ -1,0 +1,43 @@
+"""Shared fixtures: configs composed the way `python -m fmnist_lab.train` composes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A few hundred real images and one epoch: seconds on the CPU, well above chance.
+TINY = [
+    "data.train_size=600",
+    "data.test_size=1000",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*TINY, *overrides])
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg
+
+
+def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, capturing its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from fmnist_lab.models import MODELS, init_weights, num_params
+
+# SPEC §3: what PyTorch reports for each network.
+EXPECTED_PARAMS = {
+    "two_conv_one_fc": 1_625_866,
+    "one_conv_two_fc": 411_402,
+    "three_fc": 94_154,
+    "three_conv": 155_402,
+    "resnet18": 11_172_810,
+}
+LAST_HIDDEN = {"two_conv_one_fc": 128, "one_conv_two_fc": 128, "three_fc": 256,
+               "three_conv": 128 * 7 * 7, "resnet18": 512}
+
+
+@pytest.mark.parametrize("name", EXPECTED_PARAMS)
+def test_parameter_counts_match_the_spec(name):
+    assert num_params(MODELS[name]()) == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", EXPECTED_PARAMS)
+def test_shapes_of_logits_and_last_hidden_layer(name):
+    net = MODELS[name]().eval()
+    x = torch.randn(3, 1, 28, 28)
+    assert net(x).shape == (3, 10)
+    assert net.features(x).shape == (3, LAST_HIDDEN[name])
+
+
+def test_three_conv_has_two_pools_and_documents_why():
+    net = MODELS["three_conv"]()
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net.modules()) == 2
+    assert "128*7*7" in MODELS["three_conv"].__doc__
+
+
+def test_resnet18_has_small_image_stem():
+    net = MODELS["resnet18"]()
+    conv1 = net.features[0]
+    assert (conv1.in_channels, conv1.kernel_size, conv1.stride) == (1, (3, 3), (1, 1))
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+
+
+@pytest.mark.parametrize("scheme", ["xavier_uniform", "xavier_normal", "kaiming_uniform",
+                                    "kaiming_normal"])
+def test_init_schemes_set_weights_and_zero_biases(scheme):
+    torch.manual_seed(0)
+    net = MODELS["three_fc"]()
+    before = net.features[1].weight.clone()
+    init_weights(net, scheme)
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in layers)
+    assert not torch.equal(before, net.features[1].weight)
+    w = net.features[1].weight  # 784 -> 64
+    fan_in, fan_out = 784, 64
+    expected_std = ((2 / (fan_in + fan_out)) ** 0.5 if scheme.startswith("xavier")
+                    else (2 / fan_in) ** 0.5)
+    assert w.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+def test_default_init_is_pytorchs_own():
+    torch.manual_seed(0)
+    a = MODELS["three_conv"]()
+    torch.manual_seed(0)
+    b = init_weights(MODELS["three_conv"](), "default")
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert any(torch.count_nonzero(m.bias) > 0 for m in b.modules() if isinstance(m, nn.Conv2d))

@@ -1,0 +1,91 @@
+"""Real training runs on a few hundred real images, through the code users run."""
+
+import json
+
+import pytest
+import torch
+
+from fmnist_lab.train import train
+from tests.conftest import TINY, run_cli
+
+RESULT_FIELDS = {"status", "model", "num_params", "seed", "overrides", "history", "test_loss",
+                 "test_acc", "device", "train_images_per_second"}
+EPOCH_FIELDS = {"epoch", "train_loss", "val_loss", "val_acc", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tests.conftest import make_cfg
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = make_cfg("model=three_fc", "trainer.max_epochs=2", "optimizer.lr=0.05")
+    return out, train(cfg, out, overrides=["model=three_fc"])
+
+
+def test_run_writes_results_with_every_field(tiny_run):
+    out, result = tiny_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert RESULT_FIELDS <= on_disk.keys()
+    assert on_disk["status"] == "completed"
+    assert on_disk["model"] == "three_fc" and on_disk["num_params"] == 94_154
+    assert [e["epoch"] for e in on_disk["history"]] == [1, 2]
+    assert all(EPOCH_FIELDS <= e.keys() for e in on_disk["history"])
+    assert on_disk["device"] == "cpu" and on_disk["train_images_per_second"] > 0
+    assert on_disk["train_images"] == 550 and on_disk["test_images"] == 1000
+
+
+def test_run_learns_something(tiny_run):
+    _, result = tiny_run
+    assert result["test_acc"] > 0.5  # chance is 0.1
+    assert result["history"][1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_run_writes_tensorboard_events_and_a_checkpoint(tiny_run):
+    out, _ = tiny_run
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in events:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/acc", "test/acc", "hp/val_acc"} <= tags
+    assert (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_same_seed_same_history_on_cpu(tmp_path, cfg_factory):
+    runs = [train(cfg_factory("model=three_fc", "transforms=rotation", f"seed={s}"),
+                  tmp_path / str(i)) for i, s in enumerate((7, 7, 8))]
+    strip = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]] for r in runs]
+    assert strip[0] == strip[1]
+    assert runs[0]["test_acc"] == runs[1]["test_acc"]
+    assert strip[0] != strip[2]
+
+
+def test_conv_net_trains_with_every_augmentation(tmp_path, cfg_factory):
+    for t in ("hflip", "color_jitter"):
+        result = train(cfg_factory("model=three_conv", f"transforms={t}", "init=kaiming_normal",
+                                   "data.train_size=300"), tmp_path / t)
+        assert result["status"] == "completed" and result["test_acc"] > 0.2
+
+
+def test_command_line_run(tmp_path):
+    proc = run_cli("fmnist_lab.train", "model=three_fc", "optimizer.lr=0.05", *TINY,
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["overrides"][:2] == ["model=three_fc", "optimizer.lr=0.05"]
+    assert result["config"]["optimizer"]["lr"] == 0.05
+    assert (tmp_path / ".hydra" / "config.yaml").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_run_on_gpu_when_asked(tmp_path, cfg_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU on this machine; the GPU path is checked on the lent H100")
+    result = train(cfg_factory("trainer.accelerator=gpu"), tmp_path)
+    assert result["device"] == "cuda"
