@@ -56,7 +56,7 @@ RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
     ),
     "data.fold": (
         lambda v, c: _is_int(v) and (0 <= v < (c.data.num_folds or 1)),
-        "an integer in [0, data.num_folds)",
+        "an integer in [0, data.num_folds), and 0 when data.num_folds is null",
     ),
     "data.split_seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -70,8 +70,6 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if not test(value, cfg):
             raise ConfigError(key, value, allowed)
-    if cfg.data.fold != 0 and not cfg.data.num_folds:
-        raise ConfigError("data.fold", cfg.data.fold, "0 unless data.num_folds is set")
     if cfg.data.num_folds and cfg.data.train_size is not None:
         if cfg.data.train_size < cfg.data.num_folds * 10:
             raise ConfigError(

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -31,10 +31,10 @@ from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.sweep import RESULTS_FILE, threads_per_job
 
 log = logging.getLogger("fmnist_lab")
 
-RESULTS_FILE = "results.json"
 FINISHED = ("completed", "diverged")
 
 
@@ -200,9 +200,12 @@ def _summary(result: dict, out_dir: Path) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    # Lightning's start-up chatter (accelerator lines, tips) buries the run's own output.
+def main(cfg: DictConfig) -> float | None:
+    """Train one run; returns its last validation accuracy (the objective of optuna sweeps)."""
+    # Lightning's start-up chatter (accelerator lines, tips, a deprecation inside Lightning
+    # itself) buries the run's own output.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -210,9 +213,11 @@ def main(cfg: DictConfig) -> None:
 
     previous = read_results(out_dir)
     if previous and previous.get("status") in FINISHED:
-        print(f"skipping {out_dir}: already {previous['status']}")
-        return
+        print(f"skipping {out_dir.name}: already {previous['status']}")
+        return _objective(previous)
 
+    if cfg.num_threads is None and threads_per_job(hydra_cfg):
+        cfg.num_threads = threads_per_job(hydra_cfg)
     try:
         check_config(cfg)
         result = train(cfg, out_dir, overrides)
@@ -229,8 +234,15 @@ def main(cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(message)
         print(message, file=sys.stderr)
-        return
+        return None
     print(_summary(result, out_dir))
+    return _objective(result)
+
+
+def _objective(result: dict) -> float:
+    history = result.get("history") or [{}]
+    value = history[-1].get("val_acc")
+    return float(value) if result["status"] == "completed" and value is not None else 0.0
 
 
 def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str], e: Exception) -> None:
@@ -240,24 +252,6 @@ def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str], e: Exc
         "overrides": overrides,
         "config": OmegaConf.to_container(cfg, resolve=False),
     })
-
-
-class SweepSummary(Callback):
-    """At the end of a sweep: count the runs by status; exit non-zero naming failed runs."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        statuses: dict[str, list[str]] = {}
-        for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
-            result = read_results(path.parent) or {"status": "unreadable"}
-            name = " ".join(result.get("overrides", [])) or str(path.parent)
-            statuses.setdefault(result["status"], []).append(name)
-        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items()))
-        print(f"sweep {sweep_dir}: {counts or 'no runs'}")
-        if statuses.get("failed"):
-            for name in statuses["failed"]:
-                print(f"  failed: {name}", file=sys.stderr)
-            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""Hydra plug-ins that make multirun sweeps safe to leave running for hours.
+
+- `CheckedSweeper` (in hydra_plugins/, where Hydra requires sweepers to live) composes and
+  checks every job's config before the first one trains, so a typo in the fifth value of a
+  grid fails in a second, not after four finished runs.
+- `SweepSummary` counts the runs by status at the end and exits non-zero naming failed runs.
+- `threads_per_job` splits the machine's cores between jobs that run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+RESULTS_FILE = "results.json"
+
+
+def threads_per_job(hydra_cfg: DictConfig) -> int | None:
+    """Cores for one job when the launcher runs several on one machine; None: torch's default."""
+    launcher = hydra_cfg.get("launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "Joblib" in target:
+        n_jobs = launcher.get("n_jobs") or -1
+        parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = all cores
+        return max(1, cores // max(1, parallel))
+    if "Submitit" in target:
+        return launcher.get("cpus_per_task") or None
+    return None
+
+
+def read_statuses(sweep_dir: Path) -> dict[str, list[str]]:
+    """status -> the runs (by their overrides) found below `sweep_dir`."""
+    statuses: dict[str, list[str]] = {}
+    for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            result = {"status": "unreadable"}
+        name = " ".join(result.get("overrides", [])) or str(path.parent)
+        statuses.setdefault(result.get("status", "unknown"), []).append(name)
+    return statuses
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: count the runs by status; exit non-zero naming failed runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = read_statuses(sweep_dir)
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items()))
+        print(f"sweep {sweep_dir}: {counts or 'no runs'}")
+        print(f"tables and figures: python -m fmnist_lab.report {sweep_dir}")
+        if statuses.get("failed"):
+            for name in statuses["failed"]:
+                print(f"  failed: {name}", file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,186 @@
+"""Bad input, diverged runs, failed runs and interrupted sweeps, through the real command line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fmnist_lab.data import DEBIAN_ROOT, FILES
+from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.train import train
+from tests.conftest import ROOT, TINY, run_cli
+
+FAST = [*TINY, "model=three_fc", "data.test_size=200"]
+
+
+# Every rule, checked on composed configs (fast) ...
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
+        (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
+        (["optimizer.momentum=1.0"], "optimizer.momentum=1.0 is not allowed: a number in [0, 1)"),
+        (["data.batch_size=0"], "data.batch_size=0 is not allowed: an integer >= 1"),
+        (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed: an integer >= 1"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed: an integer >= 1"),
+        (["data.train_size=0"], "data.train_size=0 is not allowed"),
+        (["data.train_size=70000"], "data.train_size=70000 is not allowed"),
+        (["data.num_folds=1"], "data.num_folds=1 is not allowed: null (hold-out) or an integer"),
+        (["data.num_folds=5", "data.fold=5"], "data.fold=5 is not allowed: an integer in [0, "),
+        (["data.num_folds=5", "data.fold=-1"], "data.fold=-1 is not allowed"),
+        (["data.fold=2"], "data.fold=2 is not allowed: an integer in [0, data.num_folds), and 0"),
+        (["seed=-3"], "seed=-3 is not allowed: an integer >= 0"),
+    ],
+)
+def test_every_rule_names_key_value_and_what_is_allowed(cfg_factory, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg_factory(*overrides))
+    assert message in str(e.value)
+
+
+def test_the_default_config_passes(cfg_factory):
+    check_config(cfg_factory())
+
+
+# ... and through the real command line: a message, a non-zero exit, nothing trained.
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-1", "error: optimizer.lr=-1 is not allowed: a number > 0"),
+        ("data.batch_size=abc", "error: data.batch_size='abc' is not allowed: an integer >= 1"),
+        ("data.num_folds=5 data.fold=5", "error: data.fold=5 is not allowed"),
+        ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is not allowed"),
+    ],
+)
+def test_bad_values_stop_before_training(tmp_path, override, message):
+    proc = run_cli("fmnist_lab.train", *FAST, *override.split(), f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == message or proc.stderr.startswith(message)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("no_such_key=1", "Could not override 'no_such_key'"),
+    ("model=four_fc", "Could not find 'model/four_fc'"),
+])
+def test_unknown_keys_and_options_keep_hydras_message(override, message):
+    proc = run_cli("fmnist_lab.train", *FAST, override)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path):
+    proc = run_cli("fmnist_lab.train", "-m", *FAST, "optimizer.lr=0.01,0.1,-1",
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "optimizer.lr=-1 is not allowed" in proc.stderr and "nothing was run" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def _broken_copy(tmp_path, name: str, damage) -> str:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for stem in FILES.values():
+        (folder / f"{stem}.gz").write_bytes((DEBIAN_ROOT / f"{stem}.gz").read_bytes())
+    target = folder / name
+    target.write_bytes(damage(target.read_bytes()))
+    return str(folder)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda b: b[: len(b) // 2], "truncated or corrupt"),
+    (lambda b: __import__("gzip").compress(b"\x00\x00\x09\x03" + bytes(16)), "bad magic number"),
+])
+def test_broken_data_file_names_itself(tmp_path, damage, message):
+    root = _broken_copy(tmp_path, "train-images-idx3-ubyte.gz", damage)
+    proc = run_cli("fmnist_lab.train", *FAST, f"data.root={root}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode != 0
+    assert "train-images-idx3-ubyte.gz" in proc.stderr and message in proc.stderr
+    assert "make setup" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_diverging_lr_is_a_result_and_the_sweep_succeeds(tmp_path):
+    proc = run_cli("fmnist_lab.train", "-m", *FAST, "optimizer.lr=0.01,10",
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = {r["config"]["optimizer"]["lr"]: r for r in
+               (json.loads(p.read_text()) for p in tmp_path.rglob("results.json"))}
+    assert results[0.01]["status"] == "completed"
+    assert results[10]["status"] == "diverged" and results[10]["diverged_epoch"] == 1
+    assert results[10]["test_acc"] is None
+    assert "1 completed, 1 diverged" in proc.stdout
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # An interpolation mode grid_sample does not know fails inside training, not at start.
+    proc = run_cli("fmnist_lab.train", "-m", *FAST, "transforms=rotation",
+                   "transforms.interpolation=cubic,nearest", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode != 0
+    statuses = sorted(json.loads(p.read_text())["status"] for p in tmp_path.rglob("results.json"))
+    assert statuses == ["completed", "failed"]
+    failed = next(json.loads(p.read_text()) for p in tmp_path.rglob("results.json")
+                  if "cubic" in str(p))
+    assert "grid_sample" in failed["error"]
+    failed_lines = [line for line in proc.stderr.splitlines() if line.strip().startswith("failed:")]
+    assert len(failed_lines) == 1 and "transforms.interpolation=cubic" in failed_lines[0]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, cfg_factory):
+    straight = train(cfg_factory("model=three_fc", "trainer.max_epochs=2"), tmp_path / "straight")
+    # A run killed after its first epoch leaves last.ckpt and no results.json.
+    train(cfg_factory("model=three_fc", "trainer.max_epochs=1"), tmp_path / "cut")
+    (tmp_path / "cut" / "results.json").unlink()
+    resumed = train(cfg_factory("model=three_fc", "trainer.max_epochs=2"), tmp_path / "cut")
+    strip = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]]
+             for r in (straight, resumed)]
+    assert strip[0] == strip[1]
+    assert resumed["test_acc"] == straight["test_acc"]
+    assert resumed["train_images"] == straight["train_images"]
+
+
+def test_killed_sweep_restarts_where_it_stopped(tmp_path):
+    args = ["-m", *FAST, "seed=0,1,2", f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.rglob("results.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("results.json")}
+    assert before, "the first run never finished"
+    assert all(json.loads(b)["status"] == "completed" for b in before.values())
+
+    again = run_cli("fmnist_lab.train", *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipping") == len(before)
+    for path, content in before.items():
+        assert path.read_bytes() == content
+    after = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
+    assert sorted(r["seed"] for r in after) == [0, 1, 2]
+    assert all(r["status"] == "completed" for r in after)
+
+
+def test_results_json_is_never_half_written(tmp_path, cfg_factory, monkeypatch):
+    # A crash while writing (simulated at the rename) leaves no results.json at all.
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fmnist_lab.train.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_factory("model=three_fc"), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    assert "state_dict" in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
