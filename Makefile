@@ -15,7 +15,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,optuna]'
 	touch $(STAMP)
 
 # Fashion-MNIST: already found (data.root / $$FMNIST_DATA / Debian's package / data/)?

@@ -1,22 +1,80 @@
 """One LightningModule for every network: cross-entropy, SGD with momentum, accuracy.
 
-Metrics accumulate on the device (torchmetrics) and are read once per epoch, so a training
-step never waits for the host. Divergence is the one thing checked during the epoch, every
-`divergence_check_every` steps: a non-finite loss stops the run and marks it diverged.
+Speed matters here because a step of the small networks takes about a millisecond on a
+GPU or two CPU cores, so per-step bookkeeping shows (issue 6, `fmnist_lab.bench`):
+
+- Training metrics are two running sums on the device, updated with a few in-place adds a
+  step; `self.log` (which costs more than the MLP's step itself when called per step) is
+  called once per epoch, and Lightning computes the logged metric objects at the epoch's
+  end. Nothing in a training step waits for the host except the divergence check.
+- Divergence is checked every `divergence_check_every` steps (one host sync): a
+  non-finite loss stops the run and marks it diverged.
+- Lightning's progress bar redraws and reads the metrics on every step; it is replaced by
+  one that redraws at most twice a second.
+- Switches for the GPU: `channels_last` (the network's weights; the data module converts
+  the inputs) and `compile` (torch.compile of the network's forward, in place, so the
+  checkpoint keys stay `net.*`). Mixed precision is Lightning's `trainer.precision`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fmnist_lab.data import NUM_CLASSES
+
+
+class EpochMean(Metric):
+    """`total / count` over an epoch from per-batch sums.
+
+    torchmetrics' MeanMetric and MulticlassAccuracy validate and reshape their inputs on
+    every call (accuracy even runs torch.unique on the labels: a host sync on a GPU); these
+    two sums cost a fraction of that.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, total: torch.Tensor, count: int) -> None:
+        self.total += total
+        self.count += count
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's bar, redrawn at most every `interval` seconds (and at the last batch).
+
+    The stock bar redraws and collects the progress-bar metrics on every batch, which halved
+    the MLP's training speed on the CPU.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last_draw = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = time.monotonic()
+        if current == total or now - self._last_draw >= self.interval:
+            self._last_draw = now
+            return True
+        return False
 
 
 class Classifier(pl.LightningModule):
@@ -27,18 +85,27 @@ class Classifier(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         divergence_check_every: int = 20,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if channels_last:  # conv weights in NHWC, matching the data module's NHWC inputs
+            net = net.to(memory_format=torch.channels_last)
+        if compile:
+            # Compiles the network's __call__ in place: still the same module, so the
+            # checkpoint keys stay `net.*` and any run's checkpoint loads into any other.
+            net.compile()
         self.net = net
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.divergence_check_every = divergence_check_every
         self.diverged_epoch: int | None = None
-        # 'disable': NaNs must reach the epoch mean (and the divergence check), and the
-        # default NaN filtering would cost a host sync per step.
-        self.train_loss = MeanMetric(nan_strategy="disable")
+        self._logged_epoch: int | None = None
+        self.train_loss = EpochMean()
+        self.train_acc = EpochMean()
+        # Evaluation batches are few and large (data.eval_batch_size): torchmetrics' cost
+        # does not show there. 'disable': NaNs must reach the epoch mean.
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.test_loss = MeanMetric(nan_strategy="disable")
-        self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
 
@@ -50,20 +117,33 @@ class Classifier(pl.LightningModule):
             self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
 
+    def configure_callbacks(self) -> list[Callback]:
+        # Only Lightning's own bar is replaced; a bar a user passed in stays as it is.
+        if type(self.trainer.progress_bar_callback) is TQDMProgressBar:
+            return [ThrottledProgressBar()]
+        return []
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # Returning -1 ends the epoch; with should_stop set, it ends the fit.
         return -1 if self.diverged_epoch is not None else None
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         if batch_idx % self.divergence_check_every == 0 and not torch.isfinite(loss):
             self._mark_diverged()
-        self.train_loss(loss.detach())
-        self.train_acc(logits.detach(), y)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        with torch.no_grad():
+            self.train_loss.update(loss * len(y), len(y))
+            self.train_acc.update((logits.argmax(dim=1) == y).sum(), len(y))
+        if self._logged_epoch != self.current_epoch:
+            # Lightning keeps the metric objects logged here and computes them (and resets
+            # them) at the epoch's end, so logging once an epoch gives the whole epoch.
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+            self._logged_epoch = self.current_epoch
         return loss
 
     def on_train_epoch_end(self) -> None:

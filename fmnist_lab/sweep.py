@@ -1,8 +1,7 @@
 """Hydra plug-ins that make multirun sweeps safe to leave running for hours.
 
-- `CheckedSweeper` (in hydra_plugins/, where Hydra requires sweepers to live) composes and
-  checks every job's config before the first one trains, so a typo in the fifth value of a
-  grid fails in a second, not after four finished runs.
+- `CheckSweepConfigs` composes and checks every job's config before the first one trains, so
+  a typo in the fifth value of a grid fails in a second, not after four finished runs.
 - `SweepSummary` counts the runs by status at the end and exits non-zero naming failed runs.
 - `threads_per_job` splits the machine's cores between jobs that run side by side.
 """
@@ -15,10 +14,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lab.schema import ConfigError, check_config
 
 RESULTS_FILE = "results.json"
+
+
+def grid_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch, as it computes them."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+class CheckSweepConfigs(Callback):
+    """Before a grid sweep launches anything, compose and check the config of every job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return  # optuna & co. draw their values as they go: each run checks its own
+        loader = GlobalHydra.instance().config_loader()
+        for job in grid_jobs(config):
+            try:
+                check_config(loader.load_sweep_config(config, job))
+            except ConfigError as e:
+                sys.exit(f"error: {e} (sweep job: {' '.join(job)}); nothing was run")
 
 
 def threads_per_job(hydra_cfg: DictConfig) -> int | None:
@@ -30,7 +57,7 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
         n_jobs = launcher.get("n_jobs") or -1
         parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = all cores
         return max(1, cores // max(1, parallel))
-    if "Submitit" in target:
+    if "submitit" in target.lower():
         return launcher.get("cpus_per_task") or None
     return None
 

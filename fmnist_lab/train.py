@@ -126,7 +126,11 @@ def build_module(cfg: DictConfig) -> Classifier:
     """The network, initialised from `seed` alone: every fold and resume starts the same."""
     pl.seed_everything(cfg.seed, verbose=False)
     net = init_weights(instantiate(cfg.model), cfg.init.scheme)
-    return Classifier(net, **cfg.optimizer)
+    compile_net = cfg.get("compile", False)
+    if not isinstance(compile_net, bool):
+        raise ConfigError("compile", compile_net, "true or false")
+    return Classifier(net, **cfg.optimizer, channels_last=cfg.data.channels_last,
+                      compile=compile_net)
 
 
 def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
@@ -206,6 +210,7 @@ def main(cfg: DictConfig) -> float | None:
     # itself) buries the run's own output.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)

@@ -1,0 +1,745 @@
+"""`python -m fmnist_lab.report DIR [--log-y]`: the study's tables and figures from its runs.
+
+Reads every `results.json` below DIR (one sweep, or a whole `make study` folder) and writes
+into DIR:
+
+- `report.md`: per experiment, one table in the layout of the seed's Figures 6-10 (one row per
+  swept value, epoch-1 and last-epoch metrics as mean ± std over seeds) or, for
+  cross-validation, of its Figure 11 (one row per fold, a mean row and the spread);
+- `results.csv`: one row per run with every config value and metric;
+- `<experiment>_loss.png`: training and validation loss against epoch, one line per value
+  (the seed's Figures 1-5), mean over seeds with a ±std band.
+
+Runs are grouped by experiment (`config.name`); the swept parameters are the config values
+that differ between the runs of one experiment, seeds aside. The model, init and transforms
+groups are named by their choice (`three_fc`, `kaiming_normal`, `hflip`), not their class.
+It needs only numpy and matplotlib, so it starts fast and runs where torch does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_FILE = "results.json"
+COMPARE_FILE = "compare.md"
+# Config groups the user swaps by name (`model=three_fc`); shown by that name.
+GROUPS = ("model", "init", "transforms")
+# Keys that may differ between runs without changing what is learned: never "swept".
+BOOKKEEPING = {"seed", "data.root", "data.download", "num_threads", "trainer.enable_progress_bar",
+               "trainer.enable_model_summary", "trainer.log_every_n_steps"}
+# Shown under a table's heading when the same for all its runs: what the table held fixed.
+HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
+              "data.batch_size", "data.train_size", "trainer.max_epochs")
+# The seed study's order; any other experiment follows, by name.
+STUDY_ORDER = ("architecture", "learning_rate", "batch_size", "weight_init", "augmentation",
+               "cross_validation")
+FOLD_KEY = "data.fold"
+# Spearman ρ at or above this over ≥ 4 folds is a climb (5 folds: p ≈ 0.04, one-sided).
+CLIMB_RHO = 0.9
+
+
+class ReportError(Exception):
+    """Bad input: reported as one line on stderr, exit code 2."""
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One run folder's `results.json`, with its config flattened to dotted keys."""
+
+    path: Path
+    result: dict[str, Any]
+    params: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.result.get("status", "unknown"))
+
+    @property
+    def experiment(self) -> str:
+        return str((self.result.get("config") or {}).get("name", "unnamed"))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.result.get("history") or []
+
+    def epoch_metric(self, key: str, last: bool) -> float | None:
+        """`key` (train_loss, val_loss, val_acc...) of the first or the last epoch."""
+        if not self.history:
+            return None
+        return _finite(self.history[-1 if last else 0].get(key))
+
+    @property
+    def seconds(self) -> float | None:
+        times = [e.get("seconds") for e in self.history]
+        return float(sum(times)) if times and None not in times else None
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: {"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def group_choice(result: dict[str, Any], group: str,
+                 model_names: dict[str, str] | None = None) -> str | None:
+    """The name a user chose for a config group: the override's, else read off the config.
+
+    `model_names` maps a model's `_target_` to its name, as other runs of it reported; a failed
+    run wrote no name of its own.
+    """
+    for override in result.get("overrides") or []:
+        key, _, value = str(override).lstrip("+~").partition("=")
+        if key == group and value:
+            return value
+    node = (result.get("config") or {}).get(group) or {}
+    names = model_names or {}
+    if group == "model" and (result.get("model") or node.get("_target_") in names):
+        return str(result.get("model") or names[node["_target_"]])
+    if group == "init" and "scheme" in node:
+        return str(node["scheme"])
+    target = str(node.get("_target_", ""))
+    if group == "transforms" and target.endswith(".Identity"):
+        return "standard"  # conf/transforms/standard.yaml: normalisation only
+    return target.rsplit(".", 1)[-1] or None
+
+
+def run_params(result: dict[str, Any], model_names: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """Flattened config with each group named by its choice (`model`: `three_fc`)."""
+    params = flatten(result.get("config") or {})
+    for group in GROUPS:
+        params[group] = group_choice(result, group, model_names)
+    return params
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every readable `results.json` below `root`, in sweep-job order."""
+    results = {}
+    for path in root.rglob(RESULTS_FILE):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"warning: skipping unreadable {path}: {e}", file=sys.stderr)
+            continue
+        # The networks fmnist_lab.compare trains for itself are not a sweep.
+        name = str((result.get("config") or {}).get("name", "")) if isinstance(result, dict) else ""
+        if isinstance(result, dict) and not name.startswith("compare-"):
+            results[path.parent] = result
+    model_names = {flatten(r.get("config") or {}).get("model._target_"): r["model"]
+                   for r in results.values() if r.get("model")}
+    runs = [Run(path, r, run_params(r, model_names)) for path, r in results.items()]
+    return sorted(runs, key=_job_order)
+
+
+def _job_order(run: Run) -> tuple[str, int, str]:
+    # Hydra names sweep jobs `<num>_<overrides>`: order by num, not by text ("10" < "2").
+    match = re.match(r"(\d+)_", run.path.name)
+    return str(run.path.parent), int(match.group(1)) if match else -1, run.path.name
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class Row:
+    """The runs (seeds) of one swept value."""
+
+    values: tuple[Any, ...]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(format_value(v) for v in self.values) or "(all runs)"
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    def stat(self, key: str, last: bool) -> tuple[float | None, float | None, int]:
+        """Mean, std (None below 2 seeds) and n of a metric over the completed runs."""
+        return mean_std([r.epoch_metric(key, last) for r in self.completed])
+
+    def test_acc(self) -> tuple[float | None, float | None, int]:
+        return mean_std([r.result.get("test_acc") for r in self.completed])
+
+    @property
+    def diverged(self) -> bool:
+        return any(r.status == "diverged" for r in self.runs)
+
+
+@dataclass
+class Sweep:
+    """The runs of one experiment, one row per combination of its swept values."""
+
+    name: str
+    keys: list[str]
+    rows: list[Row]
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for row in self.rows for r in row.runs]
+
+    @property
+    def is_cross_validation(self) -> bool:
+        return FOLD_KEY in self.keys
+
+
+def mean_std(values: list[Any]) -> tuple[float | None, float | None, int]:
+    finite = [v for v in (_finite(x) for x in values) if v is not None]
+    if not finite:
+        return None, None, 0
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+    return float(np.mean(finite)), std, len(finite)
+
+
+def _key(value: Any) -> str:
+    # Config values may be lists or dicts: compare them by their JSON text.
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """Config keys whose values differ between runs, seeds and bookkeeping aside.
+
+    A group's own sub-keys (`transforms.degrees` of `transforms=rotation`) vary with the group
+    choice; they are dropped when the choice alone determines them.
+    """
+    all_keys = sorted({k for r in runs for k in r.params} - BOOKKEEPING)
+    varying = [k for k in all_keys if len({_key(r.params.get(k)) for r in runs}) > 1]
+
+    def determined_by_group(key: str) -> bool:
+        group = key.split(".", 1)[0]
+        if group not in GROUPS or group not in varying or key == group:
+            return False
+        seen: dict[str, str] = {}
+        return all(seen.setdefault(_key(r.params.get(group)), _key(r.params.get(key)))
+                   == _key(r.params.get(key)) for r in runs)
+
+    return [k for k in varying if not determined_by_group(k)]
+
+
+def group_sweeps(runs: list[Run]) -> list[Sweep]:
+    """Runs by experiment, then by their swept values; rows in grid order."""
+    by_experiment: dict[str, list[Run]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.experiment, []).append(run)
+    sweeps = []
+    for name, exp_runs in by_experiment.items():
+        keys = swept_keys(exp_runs)
+        rows: dict[tuple[str, ...], Row] = {}
+        for run in exp_runs:
+            values = tuple(run.params.get(k) for k in keys)
+            rows.setdefault(tuple(_key(v) for v in values), Row(values)).runs.append(run)
+        sweeps.append(Sweep(name, keys, _grid_order(list(rows.values()))))
+    rank = {name: i for i, name in enumerate(STUDY_ORDER)}
+    return sorted(sweeps, key=lambda s: (rank.get(s.name, len(rank)), s.name))
+
+
+def _grid_order(rows: list[Row]) -> list[Row]:
+    """Numbers ascending (lr, batch size, fold); names in the order the sweep ran them."""
+    columns = range(len(rows[0].values)) if rows else range(0)
+    numeric = {i for i in columns if all(isinstance(r.values[i], int | float)
+                                         and not isinstance(r.values[i], bool) for r in rows)}
+    first_seen: dict[tuple[int, str], int] = {}
+    for index, row in enumerate(rows):
+        for i in columns:
+            first_seen.setdefault((i, _key(row.values[i])), index)
+    return sorted(rows, key=lambda r: tuple(
+        r.values[i] if i in numeric else first_seen[i, _key(r.values[i])] for i in columns))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "null" if value is None else str(value)
+
+
+def cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 4) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean * scale:.{digits}f}"
+    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
+
+
+def status_cell(row: Row) -> str:
+    """"completed", "diverged (epoch 3)", "failed", or counts when seeds disagree."""
+    counts = Counter(r.status for r in row.runs)
+    parts = []
+    for status, count in counts.items():
+        text = status if len(row.runs) == 1 else f"{count} {status}"
+        if status == "diverged":
+            epochs = sorted({r.result.get("diverged_epoch") for r in row.runs
+                             if r.status == "diverged"} - {None})
+            if epochs:
+                plural = "s" if len(epochs) > 1 else ""
+                text += f" (epoch{plural} {', '.join(map(str, epochs))})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column: `key` of the first or last epoch (or test_acc), how to print it."""
+
+    header: str
+    key: str
+    last: bool
+    scale: float = 1.0
+    digits: int = 4
+
+    def stat(self, row: Row) -> tuple[float | None, float | None, int]:
+        return row.test_acc() if self.key == "test_acc" else row.stat(self.key, self.last)
+
+
+def metric_columns(sweep: Sweep, acc_name: str = "val acc") -> list[Column]:
+    """Epoch-1 and last-epoch train loss, val loss and accuracy, then test accuracy.
+
+    One-epoch runs get one column per metric: epoch 1 is their last.
+    """
+    lengths = {len(r.history) for r in sweep.runs if r.status == "completed"}
+    last = f"ep {lengths.pop()}" if len(lengths) == 1 else "last ep"
+    epochs = [(False, "ep 1"), (True, last)] if last != "ep 1" else [(True, "ep 1")]
+    columns = [Column(f"{name} {when}", key, is_last, scale, digits)
+               for name, key, scale, digits in (("train loss", "train_loss", 1, 4),
+                                                ("val loss", "val_loss", 1, 4),
+                                                (f"{acc_name} %", "val_acc", 100, 2))
+               for is_last, when in epochs]
+    return columns + [Column("test acc %", "test_acc", True, 100, 2)]
+
+
+def _cells(stats: list[tuple[float | None, float | None, int]], columns: list[Column]) -> list[str]:
+    return [cell(mean, std, c.scale, c.digits)
+            for (mean, std, _), c in zip(stats, columns, strict=True)]
+
+
+def sweep_table(sweep: Sweep) -> str:
+    """The seed's Figures 6-10, one row per swept value, mean ± std over seeds."""
+    columns = metric_columns(sweep)
+    header = [", ".join(sweep.keys) or "run", "n", "status", "params",
+              *(c.header for c in columns), "seconds"]
+    rows = []
+    for row in sweep.rows:
+        params = next((r.result["num_params"] for r in row.runs if r.result.get("num_params")),
+                      None)
+        seconds, _, _ = mean_std([r.seconds for r in row.completed])
+        rows.append([row.label, str(len(row.completed)), status_cell(row),
+                     f"{params:,}" if params else "—",
+                     *_cells([c.stat(row) for c in columns], columns),
+                     "—" if seconds is None else f"{seconds:.1f}"])
+    return _markdown_table(header, rows)
+
+
+def ranked_rows(sweep: Sweep) -> list[tuple[Row, float, float | None, int]]:
+    """Rows with a last-epoch validation accuracy, best first, with its mean, std and n.
+
+    Validation, not test, accuracy: the test set stays out of choosing a value.
+    """
+    stats = [(row, *row.stat("val_acc", last=True)) for row in sweep.rows]
+    return sorted((s for s in stats if s[1] is not None), key=lambda s: -s[1])
+
+
+def best_line(sweep: Sweep) -> str:
+    """The best value, and whether its lead over the runner-up exceeds seed-to-seed noise."""
+    ranked = ranked_rows(sweep)
+    if not ranked:
+        return "No run completed with a validation accuracy: no best value."
+    name = ", ".join(sweep.keys)
+    best, m1, s1, n1 = ranked[0]
+    head = (f"**Best by mean last-epoch validation accuracy:** {name} = `{best.label}`, "
+            f"{cell(m1, s1, 100, 2)} % (n={n1})")
+    if len(ranked) == 1:
+        return head + "; no other value completed to compare with."
+    second, m2, s2, n2 = ranked[1]
+    lead = (m1 - m2) * 100
+    text = (f"{head}, ahead of `{second.label}` ({cell(m2, s2, 100, 2)} %, n={n2}) "
+            f"by {lead:.2f} points")
+    if s1 is None or s2 is None:
+        return text + "; n=1: no noise estimate (run more seeds: `seed=0,1,2`)."
+    # The std of the difference of two independent runs: the noise a lead must beat.
+    noise = math.hypot(s1, s2) * 100
+    verdict = "exceeds" if lead > noise else "does not exceed"
+    return f"{text}; the lead {verdict} the seed-to-seed noise (combined std {noise:.2f} points)."
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    # Ties (equal accuracies on small folds are common) share their average rank.
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    for v in np.unique(values):
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman rank correlation; None when either side is constant."""
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    if len(x) < 2 or rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def cross_validation_section(sweep: Sweep) -> str:
+    """The seed's Figure 11: one row per fold, a mean ± std row, the spread, and no climb."""
+    others = [i for i, k in enumerate(sweep.keys) if k != FOLD_KEY]
+    fold_at = sweep.keys.index(FOLD_KEY)
+    # Folds of other swept values (say two learning rates) get a table each.
+    tables: dict[tuple[str, ...], list[Row]] = {}
+    for row in sweep.rows:
+        tables.setdefault(tuple(format_value(row.values[i]) for i in others), []).append(row)
+    columns = metric_columns(sweep, acc_name="fold acc")
+    parts = []
+    for rest, rows in tables.items():
+        if rest:
+            parts.append(f"**{', '.join(sweep.keys[i] for i in others)} = {', '.join(rest)}**")
+        header = ["fold", "n", "status", *(c.header for c in columns)]
+        per_fold = [[c.stat(r) for c in columns] for r in rows]
+        body = [[format_value(r.values[fold_at]), str(len(r.completed)), status_cell(r),
+                 *_cells(stats, columns)] for r, stats in zip(rows, per_fold, strict=True)]
+        # The mean row is over folds: each fold counts once, whatever its number of seeds.
+        summary = _cells([mean_std([fold[j][0] for fold in per_fold])
+                          for j in range(len(columns))], columns)
+        body.append(["**mean ± std**", str(len(rows)), "over folds", *summary])
+        parts += [_markdown_table(header, body), "", spread_line(rows, fold_at)]
+    return "\n".join(parts)
+
+
+def spread_line(rows: list[Row], fold_at: int) -> str:
+    """How far fold accuracies spread, and whether they climb with the fold index (leakage)."""
+    folds, accs, seed_stds = [], [], []
+    for row in rows:
+        mean, std, _ = row.stat("val_acc", last=True)
+        if mean is not None:
+            folds.append(row.values[fold_at])
+            accs.append(mean * 100)
+        if std is not None:
+            seed_stds.append(std * 100)
+    if len(accs) < 2:
+        return "Too few folds completed to state a spread."
+    lo, hi = int(np.argmin(accs)), int(np.argmax(accs))
+    text = (f"Fold accuracy (last-epoch accuracy on the held-out fold) ranges from "
+            f"{accs[lo]:.2f} % (fold {folds[lo]}) to {accs[hi]:.2f} % (fold {folds[hi]}): "
+            f"spread {accs[hi] - accs[lo]:.2f} points, std {np.std(accs, ddof=1):.2f} points "
+            f"over {len(accs)} folds")
+    # With several seeds, the noise a fold-to-fold difference should be measured against.
+    if seed_stds:
+        text += f" (seed-to-seed std within a fold: {np.mean(seed_stds):.2f} points)"
+    text += ". "
+    rho = spearman(folds, accs)
+    if rho is None:
+        return text + "All folds score the same: no climb with fold order."
+    if len(accs) >= 4 and round(rho, 6) >= CLIMB_RHO:  # 0.9 computes as 0.8999…
+        return text + (f"Accuracy climbs with the fold index (Spearman ρ = {rho:.2f}): later folds "
+                       "may have trained on earlier folds' validation images; check for leakage.")
+    return text + (f"Spearman correlation between fold index and accuracy ρ = {rho:.2f}: no climb "
+                   "with fold order, as expected when every fold trains a fresh network (the "
+                   "seed's folds climbed 91 % → 99 % because one network kept training).")
+
+
+def held_fixed_line(sweep: Sweep) -> str:
+    runs = sweep.runs
+    fixed = [f"{k}={format_value(runs[0].params.get(k))}" for k in HELD_FIXED
+             if k not in sweep.keys and len({_key(r.params.get(k)) for r in runs}) == 1]
+    seeds = sorted({r.result.get("seed") for r in runs if r.result.get("seed") is not None})
+    return (f"{len(runs)} runs; held fixed: {', '.join(fixed) or 'nothing'}; "
+            f"seeds: {', '.join(map(str, seeds)) or 'unknown'}.")
+
+
+def failed_lines(sweep: Sweep, root: Path) -> list[str]:
+    return [f"- failed: `{row.label}` seed {r.result.get('seed')}: {r.result.get('error', '?')} "
+            f"(`{_relative(r.path, root)}`)" for row in sweep.rows for r in row.runs
+            if r.status == "failed"]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _curves(runs: list[Run], key: str, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over runs per epoch; a diverged run adds only its finite epochs."""
+    table = np.full((len(runs), len(epochs)), np.nan)
+    for i, run in enumerate(runs):
+        for entry in run.history:
+            value = _finite(entry.get(key))
+            if value is not None and entry.get("epoch") in epochs:
+                table[i, int(np.searchsorted(epochs, entry["epoch"]))] = value
+    mean = np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in table.T])
+    std = np.array([np.nanstd(c, ddof=1) if np.isfinite(c).sum() > 1 else 0.0 for c in table.T])
+    return mean, std
+
+
+def use_log_scale(values: list[float], forced: bool = False) -> bool:
+    """Log y when asked, or when positive values span more than two decades (lr=1 beside 0.01)."""
+    return bool(values) and min(values) > 0 and (forced or max(values) / min(values) > 100)
+
+
+def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
+    """Training and validation loss against epoch, one line per swept value (Figures 1-5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on clusters and CI
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = np.array(sorted({e["epoch"] for r in sweep.runs for e in r.history if "epoch" in e}))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    colors = plt.get_cmap("tab10" if len(sweep.rows) <= 10 else "tab20").colors
+    handles = {}  # one legend for both panels, keyed by label
+    drawn: set[int] = set()  # rows with a line in either panel
+    panels = (("train_loss", "Training loss"), ("val_loss", "Validation loss"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        curves = []
+        for i, row in enumerate(sweep.rows):
+            runs = [r for r in row.runs if r.history]
+            if runs and len(epochs):
+                mean, std = _curves(runs, key, epochs)
+                ok = ~np.isnan(mean)
+                if ok.any():
+                    curves.append((i, row, epochs[ok], mean[ok], std[ok]))
+        log = use_log_scale([v for *_, mean, _ in curves for v in mean], log_y)
+        for i, row, x, mean, std in curves:
+            color = colors[i % len(colors)]
+            (line,) = ax.plot(x, mean, marker="o", markersize=4, color=color)
+            handles.setdefault(row.label + (" (diverged)" if row.diverged else ""), line)
+            drawn.add(i)
+            if row.diverged:  # the last finite point before the loss went non-finite
+                ax.plot(x[-1:], mean[-1:], marker="X", markersize=10, color=color)
+            # A log axis cannot show a band below zero: there it stops at the mean.
+            lower = np.where(mean - std > 0, mean - std, mean) if log else mean - std
+            ax.fill_between(x, lower, mean + std, color=color, alpha=0.2, linewidth=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" + (" (log scale)" if log else ""))
+        if 0 < len(epochs) <= 20:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    # A value with nothing finite to draw (diverged in epoch 1, failed) still gets its entry.
+    for i, row in enumerate(sweep.rows):
+        if i not in drawn:
+            why = "diverged: no finite loss" if row.diverged else status_cell(row)
+            handles[f"{row.label} ({why})"] = Line2D([], [], color=colors[i % len(colors)],
+                                                     marker="X", linestyle="none")
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper",
+                   title=", ".join(sweep.keys) or None)
+    seeds = {r.result.get("seed") for r in sweep.runs}
+    band = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    fig.suptitle(f"{sweep.name}: loss against epoch by {', '.join(sweep.keys) or 'run'} ({band})")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+RUN_COLUMNS = ["path", "experiment", "status", "seed", "model", "init", "transforms",
+               "num_params", "diverged_epoch", "error", "epochs", "test_loss", "test_acc",
+               *(f"{when}_{k}" for when in ("ep1", "last")
+                 for k in ("train_loss", "train_acc", "val_loss", "val_acc")),
+               "seconds", "train_images_per_second", "device", "train_images", "val_images",
+               "test_images", "overrides"]
+
+
+def csv_row(run: Run, root: Path) -> dict[str, Any]:
+    """One run: its metrics, then every config value under its dotted key."""
+    r = run.result
+    row: dict[str, Any] = {
+        "path": _relative(run.path, root), "experiment": run.experiment, "status": run.status,
+        "seed": r.get("seed"), "model": run.params.get("model"), "init": run.params.get("init"),
+        "transforms": run.params.get("transforms"), "num_params": r.get("num_params"),
+        "diverged_epoch": r.get("diverged_epoch"), "error": r.get("error"),
+        "epochs": len(run.history), "test_loss": r.get("test_loss"), "test_acc": r.get("test_acc"),
+        "seconds": run.seconds, "overrides": " ".join(map(str, r.get("overrides") or [])),
+    }
+    for when, last in (("ep1", False), ("last", True)):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            row[f"{when}_{key}"] = run.epoch_metric(key, last)
+    for key in ("train_images_per_second", "device", "train_images", "val_images", "test_images"):
+        row[key] = r.get(key)
+    for key, value in flatten(r.get("config") or {}).items():
+        row.setdefault(key, json.dumps(value) if isinstance(value, list | dict) else value)
+    return row
+
+
+def write_csv(runs: list[Run], root: Path, path: Path) -> Path:
+    rows = [csv_row(run, root) for run in runs]
+    config_columns = sorted({k for row in rows for k in row} - set(RUN_COLUMNS))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS + config_columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return path
+
+
+# --------------------------------------------------------------------------- report
+
+
+def compare_sections(root: Path) -> list[str]:
+    """Every `compare.md` below `root` (fmnist_lab.compare) as a section of the report.
+
+    Its headings shift so its top one sits at the report's section level (##); its image
+    links, relative to its own folder, are made relative to `root`.
+    """
+    sections = []
+    for path in sorted(root.rglob(COMPARE_FILE)):
+        folder = _relative(path.parent, root)
+        lines, headings, fenced = path.read_text().strip().splitlines(), [], False
+        for i, line in enumerate(lines):
+            fenced ^= line.startswith("```")
+            if not fenced and re.match(r"#+\s", line):
+                headings.append(i)
+            if folder != ".":
+                lines[i] = re.sub(r"(!\[[^\]]*\]\()(?![a-z]+://|/)", rf"\g<1>{folder}/", line)
+        shift = 2 - min((len(lines[i]) - len(lines[i].lstrip("#")) for i in headings), default=2)
+        for i in headings:
+            lines[i] = "#" * shift + lines[i] if shift >= 0 else lines[i][-shift:]
+        source = f"From `{folder}/{COMPARE_FILE}`."
+        if headings:
+            first = headings[0]
+            lines[first + 1:first + 1] = ["", source]
+        else:
+            lines[:0] = ["## Representation comparison", "", source, ""]
+        sections.append("\n".join(lines) + "\n")
+    return sections
+
+
+@dataclass
+class Report:
+    """What `write_report` wrote, and one summary line per experiment."""
+
+    markdown: Path
+    csv: Path
+    figures: list[Path]
+    summary: list[str]
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "sweep"
+
+
+def sweep_section(sweep: Sweep, root: Path, figure: Path) -> list[str]:
+    """One experiment's part of report.md: heading, table, verdict, failures, figure."""
+    md = [f"## {sweep.name}: {', '.join(sweep.keys) or 'single configuration'}", "",
+          held_fixed_line(sweep), ""]
+    if sweep.is_cross_validation:
+        md += [cross_validation_section(sweep), ""]
+    else:
+        md += [sweep_table(sweep), "", best_line(sweep), ""]
+    return md + [*failed_lines(sweep, root), "",
+                 f"![{sweep.name}: loss against epoch]({figure.name})", ""]
+
+
+def summary_line(sweep: Sweep) -> str:
+    """One line for the terminal: how many runs, and the best value or the fold accuracy."""
+    if sweep.is_cross_validation:
+        mean, std, n = mean_std([row.stat("val_acc", True)[0] for row in sweep.rows])
+        return f"{sweep.name}: {n} folds, fold accuracy {cell(mean, std, 100, 2)} %"
+    ranked = ranked_rows(sweep)
+    best = (f"; best {', '.join(sweep.keys)}={ranked[0][0].label} "
+            f"(val acc {cell(*ranked[0][1:3], 100, 2)} %)" if ranked else "")
+    return (f"{sweep.name}: {len(sweep.rows)} values, {len(sweep.runs)} runs "
+            f"({status_cell(Row((), sweep.runs))}){best}")
+
+
+def write_report(root: Path, log_y: bool = False) -> Report:
+    """Read every run below `root`; write report.md, results.csv and the figures into it."""
+    if not root.exists():
+        raise ReportError(f"{root} does not exist")
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a folder (give the sweep or study folder)")
+    runs = load_runs(root)
+    if not runs:
+        raise ReportError(f"no {RESULTS_FILE} below {root} (run a sweep first: "
+                          "python -m fmnist_lab.train -m experiment=NAME)")
+    sweeps = group_sweeps(runs)
+    md = ["# fmnist-lab report", "",
+          f"{len(runs)} runs below `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Cells are mean ± "
+          "sample std (ddof=1) over the n seeds that completed (a single number when n=1); "
+          "accuracies in %; `ep 1` is the first epoch and `ep N` the last; seconds is the mean "
+          "run time. Every run is listed in `results.csv`.", ""]
+    figures, summary = [], []
+    for sweep in sweeps:
+        figure = plot_losses(sweep, root / f"{_file_name(sweep.name)}_loss.png", log_y)
+        md += sweep_section(sweep, root, figure)
+        figures.append(figure)
+        summary.append(summary_line(sweep))
+    md += compare_sections(root)
+    markdown = root / "report.md"
+    markdown.write_text("\n".join(md).rstrip() + "\n")
+    return Report(markdown, write_csv(runs, root, root / "results.csv"), figures, summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmnist_lab.report",
+        description="Tables (report.md), one CSV row per run (results.csv) and loss figures "
+                    "(*_loss.png) from the results.json files below a sweep or study folder.")
+    parser.add_argument("dir", type=Path, help="sweep folder or a whole study folder")
+    parser.add_argument("--log-y", action="store_true",
+                        help="log-scale loss axes (default: only where values span > 2 decades)")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.dir, log_y=args.log_y)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the report: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {report.markdown}")
+    for line in report.summary:
+        print(f"  {line}")
+    print(f"also {report.csv} and {len(report.figures)} figure(s): "
+          + ", ".join(p.name for p in report.figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""`python -m fmnist_lab.report`: tables, CSV and figures from fabricated and real sweeps."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmnist_lab.report import spearman, use_log_scale, write_report
+from tests.conftest import TINY, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What train.py resolves, cut to the keys the report reads.
+BASE_CONFIG: dict[str, Any] = {
+    "name": "train", "seed": 0, "num_threads": None,
+    "optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+    "data": {"root": None, "batch_size": 128, "train_size": None, "num_folds": None,
+             "fold": None, "split_seed": 0},
+    "model": {"_target_": "fmnist_lab.models.TwoConvOneFC"},
+    "init": {"scheme": "default"},
+    "transforms": {"_target_": "torch.nn.Identity"},
+    "trainer": {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False},
+}
+MODELS = {"two_conv_one_fc": ("TwoConvOneFC", 1_625_866), "three_fc": ("ThreeFC", 94_154)}
+TRANSFORMS = {"hflip": {"_target_": "fmnist_lab.transforms.RandomHorizontalFlip", "p": 0.5},
+              "rotation": {"_target_": "fmnist_lab.transforms.RandomRotation", "degrees": 10}}
+
+
+def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
+                status: str = "completed", val_acc: float = 0.9, test_acc: float = 0.88,
+                train_losses: tuple[float, ...] = (1.0, 0.5, 0.3),
+                diverged_epoch: int | None = None) -> dict[str, Any]:
+    """A results.json as train.py writes it, for `swept` values (dotted keys or groups)."""
+    config = copy.deepcopy(BASE_CONFIG)
+    config["name"], config["seed"] = experiment, seed
+    model = "two_conv_one_fc"
+    for key, value in swept.items():
+        if key == "model":
+            model = value
+            config["model"] = {"_target_": f"fmnist_lab.models.{MODELS[value][0]}"}
+        elif key == "init":
+            config["init"] = {"scheme": value}
+        elif key == "transforms":
+            config["transforms"] = TRANSFORMS[value]
+        else:
+            section, name = key.split(".")
+            config[section][name] = value
+    overrides = [f"{k}={v}" for k, v in swept.items()]
+    overrides += [f"experiment={experiment}", f"seed={seed}"]
+    if status == "failed":
+        return {"status": "failed", "error": "RuntimeError: boom", "seed": seed,
+                "overrides": overrides, "config": config}
+    epochs = len(train_losses)
+    history = [{"epoch": e + 1, "train_loss": loss, "train_acc": 0.5, "val_loss": loss + 0.1,
+                "val_acc": val_acc - 0.05 * (epochs - 1 - e), "seconds": 2.0}
+               for e, loss in enumerate(train_losses)]
+    if status == "diverged":
+        history = history[:diverged_epoch]
+        history[-1].update(train_loss=math.nan, val_loss=math.nan, val_acc=0.1)
+    return {"status": status, "model": model, "num_params": MODELS[model][1], "seed": seed,
+            "overrides": overrides, "diverged_epoch": diverged_epoch, "history": history,
+            "test_loss": None if status == "diverged" else 0.3,
+            "test_acc": None if status == "diverged" else test_acc, "device": "cpu",
+            "train_images_per_second": 1000.0, "train_images": 550, "val_images": 50,
+            "test_images": 1000, "config": config}
+
+
+def write_sweep(folder: Path, results: list[dict[str, Any]]) -> Path:
+    """Hydra's layout: FOLDER/<job num>_<overrides>/results.json."""
+    for num, result in enumerate(results):
+        run = folder / f"{num}_{','.join(result['overrides'][:1])}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(result))
+    return folder
+
+
+def table(markdown: str, section: str) -> dict[str, list[str]]:
+    """The first table under `## section...`: {first cell: cells}, header under "header"."""
+    text = markdown.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {"header": rows[0], **{r[0]: r for r in rows[2:]}}
+
+
+def column(rows: dict[str, list[str]], label: str, name: str) -> str:
+    return rows[label][rows["header"].index(name)]
+
+
+@pytest.fixture
+def lr_sweep(tmp_path: Path) -> Path:
+    """Two seeds of lr 0.001, 0.01, 0.1; lr 1 diverges in epoch 2 for both."""
+    accs = {0.001: (0.80, 0.82), 0.01: (0.90, 0.92), 0.1: (0.85, 0.85)}
+    results = [fake_result("learning_rate", {"optimizer.lr": lr}, seed, val_acc=acc[seed],
+                           test_acc=acc[seed] - 0.01, train_losses=(1.0 + seed, 0.5, 0.2 + seed))
+               for lr, acc in accs.items() for seed in (0, 1)]
+    results += [fake_result("learning_rate", {"optimizer.lr": 1}, seed, status="diverged",
+                            diverged_epoch=2) for seed in (0, 1)]
+    return write_sweep(tmp_path / "lr", results)
+
+
+def test_rows_are_mean_and_std_over_seeds(lr_sweep: Path):
+    md = write_report(lr_sweep).markdown.read_text()
+    rows = table(md, "learning_rate: optimizer.lr")
+    assert list(rows)[1:] == ["0.001", "0.01", "0.1", "1"]  # numeric order
+    assert column(rows, "0.01", "n") == "2"
+    assert column(rows, "0.01", "status") == "2 completed"
+    assert column(rows, "0.01", "val acc % ep 3") == "91.00 ± 1.41"
+    assert column(rows, "0.01", "val acc % ep 1") == "81.00 ± 1.41"
+    assert column(rows, "0.01", "test acc %") == "90.00 ± 1.41"
+    assert column(rows, "0.01", "train loss ep 1") == "1.5000 ± 0.7071"
+    assert column(rows, "0.01", "train loss ep 3") == "0.7000 ± 0.7071"
+    assert column(rows, "0.1", "val acc % ep 3") == "85.00 ± 0.00"
+    assert column(rows, "0.01", "params") == "1,625,866"
+    assert column(rows, "0.01", "seconds") == "6.0"
+    # 91.00 vs 85.00: a 6-point lead over a combined std of 1.41 points.
+    assert "`0.01`" in md and "ahead of `0.1`" in md
+    assert "exceeds the seed-to-seed noise (combined std 1.41 points)" in md
+
+
+def test_diverged_value_shows_as_diverged(lr_sweep: Path):
+    rows = table(write_report(lr_sweep).markdown.read_text(), "learning_rate")
+    assert column(rows, "1", "status") == "2 diverged (epoch 2)"
+    assert column(rows, "1", "n") == "0"
+    assert column(rows, "1", "val acc % ep 3") == "—"
+
+
+def test_single_seed_diverged_and_failed(tmp_path: Path):
+    sweep = write_sweep(tmp_path, [
+        fake_result("learning_rate", {"optimizer.lr": 0.01}, val_acc=0.9),
+        fake_result("learning_rate", {"optimizer.lr": 0.1}, val_acc=0.8),
+        fake_result("learning_rate", {"optimizer.lr": 0.5}, status="failed"),
+        fake_result("learning_rate", {"optimizer.lr": 1}, status="diverged", diverged_epoch=1),
+    ])
+    md = write_report(sweep).markdown.read_text()
+    rows = table(md, "learning_rate")
+    assert column(rows, "1", "status") == "diverged (epoch 1)"
+    assert column(rows, "0.5", "status") == "failed"
+    assert column(rows, "0.01", "status") == "completed"
+    assert "n=1: no noise estimate" in md
+    assert "failed: `0.5` seed 0: RuntimeError: boom" in md
+
+
+def test_groups_are_named_by_their_choice(tmp_path: Path):
+    write_sweep(tmp_path / "architecture", [
+        fake_result("architecture", {"model": m}, s) for m in ("two_conv_one_fc", "three_fc")
+        for s in (0, 1)])
+    # The default `standard` has no override: named from its Identity target.
+    standard = fake_result("augmentation", {})
+    write_sweep(tmp_path / "augmentation", [standard, fake_result("augmentation",
+                                                                  {"transforms": "hflip"})])
+    report = write_report(tmp_path)
+    assert [p.name for p in report.figures] == ["architecture_loss.png", "augmentation_loss.png"]
+    md = report.markdown.read_text()
+    arch = table(md, "architecture: model\n")
+    assert list(arch)[1:] == ["two_conv_one_fc", "three_fc"]  # the order the sweep ran
+    assert column(arch, "three_fc", "params") == "94,154"
+    aug = table(md, "augmentation: transforms\n")  # transforms.p goes with the choice
+    assert list(aug)[1:] == ["standard", "hflip"]
+    assert md.index("## architecture") < md.index("## augmentation")  # the seed's order
+
+
+def test_sweeps_of_one_experiment_in_several_folders_merge(tmp_path: Path):
+    # Seeds launched one at a time land in separate sweep folders: one table, n=2.
+    for seed in (0, 1):
+        write_sweep(tmp_path / f"sweep{seed}", [
+            fake_result("batch_size", {"data.batch_size": b}, seed) for b in (512, 64)])
+    # A sweep with other settings (one epoch more) is told apart by that setting.
+    write_sweep(tmp_path / "longer", [fake_result("batch_size", {
+        "data.batch_size": 64, "trainer.max_epochs": 4}, train_losses=(1, 0.5, 0.3, 0.2))])
+    rows = table(write_report(tmp_path).markdown.read_text(),
+                 "batch_size: data.batch_size, trainer.max_epochs")
+    assert list(rows)[1:] == ["64, 3", "64, 4", "512, 3"]
+    assert column(rows, "64, 3", "n") == "2" and column(rows, "64, 4", "n") == "1"
+
+
+def test_csv_has_one_row_per_run_with_config_columns(lr_sweep: Path):
+    report = write_report(lr_sweep)
+    with report.csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    assert {"path", "status", "seed", "test_acc", "last_val_acc", "ep1_train_loss", "seconds",
+            "train_images_per_second", "optimizer.lr", "data.batch_size", "model._target_",
+            "trainer.max_epochs"} <= rows[0].keys()
+    assert sorted(r["optimizer.lr"] for r in rows) == ["0.001"] * 2 + ["0.01"] * 2 + ["0.1"] * 2 + [
+        "1"] * 2
+    assert sum(r["status"] == "diverged" for r in rows) == 2
+
+
+def test_figures_are_valid_pngs(lr_sweep: Path):
+    from matplotlib.image import imread
+
+    report = write_report(lr_sweep, log_y=True)
+    assert [p.name for p in report.figures] == ["learning_rate_loss.png"]
+    assert report.figures[0].read_bytes()[:8] == PNG_SIGNATURE
+    height, width, _ = imread(report.figures[0]).shape
+    assert width > 1000 and height > 400
+    assert "![learning_rate: loss against epoch](learning_rate_loss.png)" in (
+        report.markdown.read_text())
+
+
+def test_log_scale_only_where_values_span_decades():
+    assert use_log_scale([0.3, 2.3, 1e4])
+    assert not use_log_scale([0.3, 2.3])
+    assert use_log_scale([0.3, 2.3], forced=True)
+    assert not use_log_scale([])
+
+
+def cv_sweep(folder: Path, accs: list[float], seeds: tuple[int, ...] = (0, 1)) -> Path:
+    return write_sweep(folder, [
+        fake_result("cross_validation", {"data.fold": fold, "data.num_folds": 5}, seed,
+                    val_acc=acc + 0.01 * seed)
+        for fold, acc in enumerate(accs) for seed in seeds])
+
+
+def test_cross_validation_table_has_fold_rows_and_a_mean_row(tmp_path: Path):
+    md = write_report(cv_sweep(tmp_path, [0.86, 0.88, 0.85, 0.87, 0.86])).markdown.read_text()
+    rows = table(md, "cross_validation: data.fold")
+    assert list(rows)[1:] == ["0", "1", "2", "3", "4", "**mean ± std**"]
+    assert column(rows, "0", "fold acc % ep 3") == "86.50 ± 0.71"  # over two seeds
+    # Over the five folds' means 86.5, 88.5, 85.5, 87.5, 86.5.
+    assert column(rows, "**mean ± std**", "fold acc % ep 3") == "86.90 ± 1.14"
+    assert "spread 3.00 points" in md and "no climb with fold order" in md
+
+
+def test_cross_validation_flags_a_climb(tmp_path: Path):
+    md = write_report(cv_sweep(tmp_path, [0.91, 0.94, 0.96, 0.97, 0.99], seeds=(0,))).markdown
+    assert "climbs with the fold index (Spearman ρ = 1.00)" in md.read_text()
+
+
+def test_spearman_handles_ties_and_constants():
+    assert spearman([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([0, 1, 2], [0.5, 0.5, 0.5]) is None
+    assert -1 < spearman([0, 1, 2, 3], [0.5, 0.5, 0.6, 0.4]) < 1
+
+
+def test_compare_md_becomes_a_section(lr_sweep: Path):
+    compare = lr_sweep.parent / "compare_run"
+    compare.mkdir()
+    (compare / "compare.md").write_text(
+        "# Comparison\n\nCKA 0.71\n\n## Heatmaps\n\n![heatmap](corr.png)\n")
+    md = write_report(lr_sweep.parent).markdown.read_text()
+    assert "\n## Comparison\n\nFrom `compare_run/compare.md`.\n" in md  # # -> ## for the report
+    assert "CKA 0.71" in md
+    assert "### Heatmaps" in md and "![heatmap](compare_run/corr.png)" in md
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_bad_dir_exits_2_with_one_line(tmp_path: Path, make):
+    proc = run_cli("fmnist_lab.report", str(make(tmp_path)))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert str(tmp_path) in proc.stderr
+
+
+def test_real_sweep_end_to_end(tmp_path: Path):
+    """A real learning-rate sweep through the CLI (300 images, 1 epoch), then its report."""
+    tiny = [o for o in TINY if not o.startswith(("data.train_size", "data.test_size"))]
+    proc = run_cli("fmnist_lab.train", "-m", "experiment=learning_rate", "model=three_fc",
+                   "data.train_size=300", "data.test_size=200", *tiny,
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("fmnist_lab.report", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert str(tmp_path / "report.md") in proc.stdout
+    rows = table((tmp_path / "report.md").read_text(), "learning_rate: optimizer.lr")
+    assert list(rows)[1:] == ["0.0001", "0.001", "0.01", "0.1", "1"]
+    # lr=1 may or may not diverge in one tiny epoch; the others complete with a test accuracy.
+    assert all(column(rows, lr, "status") == "completed" for lr in ("0.0001", "0.001", "0.01"))
+    assert column(rows, "0.01", "params") == "94,154"
+    with (tmp_path / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert (tmp_path / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -1,0 +1,124 @@
+"""The study's sweeps and the launchers, run for real on a few hundred images."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+FAST = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
+GRIDS = {
+    "architecture": ("model", 4),
+    "learning_rate": ("optimizer.lr", 5),
+    "batch_size": ("data.batch_size", 4),
+    "weight_init": ("init", 4),
+    "augmentation": ("transforms", 4),
+    "cross_validation": ("data.fold", 5),
+}
+
+
+def _results(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
+
+
+@pytest.mark.parametrize("experiment", ["architecture", "weight_init", "augmentation"])
+def test_experiment_makes_one_run_per_grid_value(tmp_path, experiment):
+    key, count = GRIDS[experiment]
+    overrides = [o for o in FAST if not (experiment == "architecture" and o.startswith("model="))]
+    proc = run_cli("fmnist_lab.train", "-m", f"experiment={experiment}", *overrides,
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    runs = _results(tmp_path)
+    assert len(runs) == count and all(r["status"] == "completed" for r in runs)
+    values = {next(o for o in r["overrides"] if o.startswith(f"{key}=")) for r in runs}
+    assert len(values) == count
+    assert all(r["config"]["name"] == experiment for r in runs)
+
+
+def test_experiment_grids_declare_the_seeds_values(cfg_factory):
+    from omegaconf import OmegaConf
+
+    expected = {
+        "architecture": "two_conv_one_fc,one_conv_two_fc,three_fc,three_conv",
+        "learning_rate": "0.0001,0.001,0.01,0.1,1",
+        "batch_size": "64,128,256,512",
+        "weight_init": "xavier_uniform,xavier_normal,kaiming_uniform,kaiming_normal",
+        "augmentation": "standard,hflip,color_jitter,rotation",
+        "cross_validation": "0,1,2,3,4",
+    }
+    conf = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+    for name, grid in expected.items():
+        params = OmegaConf.load(conf / f"{name}.yaml").hydra.sweeper.params
+        assert str(params[GRIDS[name][0]]) == grid
+
+
+def test_sweep_over_seeds_combines_with_an_experiment(tmp_path):
+    proc = run_cli("fmnist_lab.train", "-m", "experiment=batch_size", "seed=0,1", *FAST,
+                   "data.batch_size=64,128", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    runs = _results(tmp_path)
+    assert sorted((r["seed"], r["config"]["data"]["batch_size"]) for r in runs) == [
+        (0, 64), (0, 128), (1, 64), (1, 128)]
+
+
+@pytest.mark.parametrize("launcher", [
+    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+     "hydra.launcher.timeout_min=10"],
+])
+def test_parallel_launchers_finish_a_two_job_sweep(tmp_path, launcher):
+    proc = run_cli("fmnist_lab.train", "-m", *launcher, "seed=0,1", *FAST,
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    runs = _results(tmp_path)
+    assert sorted(r["seed"] for r in runs) == [0, 1]
+    assert all(r["status"] == "completed" for r in runs)
+    # Two jobs on one machine split its cores rather than each taking all of them.
+    assert all(r["config"]["num_threads"] >= 1 for r in runs)
+
+
+def test_slurm_preset_composes(cfg_factory):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.cpus_per_task == 4
+
+
+def test_threads_are_split_between_parallel_jobs():
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.sweep import threads_per_job
+
+    def hydra_cfg(launcher):
+        return OmegaConf.create({"launcher": launcher})
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    import os
+
+    cores = os.cpu_count()
+    assert threads_per_job(hydra_cfg({"_target_": joblib, "n_jobs": 2})) == max(1, cores // 2)
+    assert threads_per_job(hydra_cfg({"_target_": joblib, "n_jobs": -1})) == 1
+    assert threads_per_job(hydra_cfg({"_target_": local, "cpus_per_task": 3})) == 3
+    assert threads_per_job(hydra_cfg({"_target_": basic})) is None
+
+
+def test_optuna_search_maximises_validation_accuracy(tmp_path):
+    import yaml
+
+    proc = run_cli("fmnist_lab.train", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                   *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert {"optimizer.lr", "init"} <= best["best_params"].keys()
+    runs = _results(tmp_path)
+    assert len(runs) == 2
+    best_run = max(runs, key=lambda r: r["history"][-1]["val_acc"])
+    assert best["best_value"] == pytest.approx(best_run["history"][-1]["val_acc"])
