@@ -6,6 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+SEEDS  ?= 0
+ifndef STUDY_DIR
+STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
+EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation
 
 .PHONY: setup data train test study bench tensorboard lint clean
 
@@ -31,8 +36,23 @@ data: $(STAMP)
 train: setup
 	$(PY) -m fmnist_lab.train $(ARGS)
 
+# Every experiment of the study into one folder, then one report over all of it. A run that
+# fails does not stop the others; the exit code says so at the end. Re-running with the same
+# STUDY_DIR skips finished runs and resumes interrupted ones.
+#   make study SEEDS=0,1,2 ARGS="data.train_size=2000 trainer.max_epochs=2"
+study: setup
+	@status=0; for e in $(EXPERIMENTS); do \
+	  $(PY) -m fmnist_lab.train -m experiment=$$e seed=$(SEEDS) hydra.sweep.dir=$(STUDY_DIR)/$$e \
+	    $(ARGS) || status=1; \
+	done; \
+	$(PY) -m fmnist_lab.report $(STUDY_DIR) || status=1; \
+	exit $$status
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) -m fmnist_lab.bench $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -1,11 +1,12 @@
 """The study's sweeps and the launchers, run for real on a few hundred images."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 FAST = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
 GRIDS = {
@@ -22,18 +23,27 @@ def _results(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
 
 
-@pytest.mark.parametrize("experiment", ["architecture", "weight_init", "augmentation"])
-def test_experiment_makes_one_run_per_grid_value(tmp_path, experiment):
-    key, count = GRIDS[experiment]
-    overrides = [o for o in FAST if not (experiment == "architecture" and o.startswith("model="))]
-    proc = run_cli("fmnist_lab.train", "-m", f"experiment={experiment}", *overrides,
-                   f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr
-    runs = _results(tmp_path)
-    assert len(runs) == count and all(r["status"] == "completed" for r in runs)
-    values = {next(o for o in r["overrides"] if o.startswith(f"{key}=")) for r in runs}
-    assert len(values) == count
-    assert all(r["config"]["name"] == experiment for r in runs)
+def test_make_study_runs_every_experiment_then_one_report(tmp_path):
+    # No model= or batch size here: on the command line they would replace two sweeps' grids.
+    args = " ".join(o for o in FAST if not o.startswith(("model=", "data.batch_size=")))
+    proc = subprocess.run(["make", "--no-print-directory", "study", f"STUDY_DIR={tmp_path}",
+                           "SEEDS=0", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for experiment, (key, count) in GRIDS.items():
+        runs = _results(tmp_path / experiment)
+        assert len(runs) == count, experiment
+        assert all(r["config"]["name"] == experiment for r in runs)
+        values = {next(o for o in r["overrides"] if o.startswith(f"{key}=")) for r in runs}
+        assert len(values) == count, experiment
+    assert {r["model"] for r in _results(tmp_path / "architecture")} == {
+        "two_conv_one_fc", "one_conv_two_fc", "three_fc", "three_conv"}
+    report = (tmp_path / "report.md").read_text()
+    for experiment in GRIDS:
+        assert experiment in report
+    rows = (tmp_path / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + sum(count for _, count in GRIDS.values())
+    assert len(list(tmp_path.glob("*.png"))) >= 6
 
 
 def test_experiment_grids_declare_the_seeds_values(cfg_factory):
