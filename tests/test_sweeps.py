@@ -26,7 +26,9 @@ def _results(sweep_dir: Path) -> list[dict]:
 def test_make_study_runs_every_experiment_then_one_report(tmp_path):
     # No model= or batch size here: on the command line they would replace two sweeps' grids.
     args = " ".join(o for o in FAST if not o.startswith(("model=", "data.batch_size=")))
-    proc = subprocess.run(["make", "--no-print-directory", "study", f"STUDY_DIR={tmp_path}",
+    # -o: the suite runs after `make setup`; do not reinstall because pyproject.toml is newer.
+    proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "-o", "data",
+                           "study", f"STUDY_DIR={tmp_path}",
                            "SEEDS=0", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
