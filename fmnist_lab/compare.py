@@ -18,9 +18,7 @@ with the same overrides, into a subfolder of this run's folder.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch import nn
 from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
 from fmnist_lab.models import MODELS, StudyNet
 from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.sweep import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.transforms import normalize, to_unit_float
 
 matplotlib.use("Agg")  # files only: runs on machines without a display
@@ -206,20 +205,13 @@ def load_torchvision_resnet18(path: Path, key: str) -> nn.Module:
     return net
 
 
-def _read_results(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def load_network(role: str, path: Path, model: str | None, trained_here: bool = False
                  ) -> Network:
     """The network of a run folder (its checkpoints/last.ckpt) or of a checkpoint file."""
     key = f"compare.{role}"
     results = None
     if path.is_dir():
-        results = _read_results(path)
+        results = read_results(path)
         status = (results or {}).get("status")
         if status in ("diverged", "failed"):
             raise CompareError(f"{path}: the run {status}; its weights cannot be compared "
@@ -259,7 +251,7 @@ def train_network(cfg: DictConfig, role: str, model: str | None, out_dir: Path,
             cls = MODELS[model]
             run_cfg.model = OmegaConf.create({"_target_": f"{cls.__module__}.{cls.__name__}"})
             overrides = [o for o in overrides if not o.startswith("model=")] + [f"model={model}"]
-    if (_read_results(run_dir) or {}).get("status") != "completed":
+    if (read_results(run_dir) or {}).get("status") != "completed":
         name = model or run_cfg.model._target_.rsplit(".", 1)[-1]
         print(f"training the {role} ({name}) into {run_dir}", flush=True)
         train(run_cfg, run_dir, overrides)
@@ -404,12 +396,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a file
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------- the command
 
 
@@ -508,8 +494,8 @@ def run_compare(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[st
         value = linear_cka(acts[a], acts[b])
         summary["cka"].append({"a": a, "b": b, "linear_cka": value if value == value else None})
 
-    _write_atomic(out_dir / "compare.json", json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out_dir / "compare.md", markdown(summary))
+    write_json_atomic(out_dir / "compare.json", summary)
+    write_text_atomic(out_dir / "compare.md", markdown(summary))
     return summary
 
 

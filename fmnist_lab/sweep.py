@@ -1,4 +1,6 @@
-"""Hydra plug-ins that make multirun sweeps safe to leave running for hours.
+"""Run results on disk, and the Hydra callbacks that make sweeps safe to leave for hours.
+
+- `results.json` is written atomically and read back by the resume logic and the callbacks.
 
 - `CheckSweepConfigs` composes and checks every job's config before the first one trains, so
   a typo in the fifth value of a grid fails in a second, not after four finished runs.
@@ -23,6 +25,25 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_lab.schema import ConfigError, check_config
 
 RESULTS_FILE = "results.json"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json, or None when there is none (or it is not JSON)."""
+    try:
+        return json.loads((run_dir / RESULTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def grid_jobs(config: DictConfig) -> list[list[str]]:

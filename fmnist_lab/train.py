@@ -8,9 +8,7 @@ is skipped and an interrupted one resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -31,25 +29,11 @@ from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.sweep import RESULTS_FILE, threads_per_job
+from fmnist_lab.sweep import RESULTS_FILE, read_results, threads_per_job, write_json_atomic
 
 log = logging.getLogger("fmnist_lab")
 
 FINISHED = ("completed", "diverged")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / RESULTS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 class History(pl.Callback):
