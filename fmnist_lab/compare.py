@@ -36,6 +36,7 @@ from torch import nn
 
 from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
 from fmnist_lab.models import MODELS, StudyNet
+from fmnist_lab.module import quiet_lightning
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.sweep import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.transforms import normalize, to_unit_float
@@ -501,8 +502,7 @@ def run_compare(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[st
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
-    # Lightning's start-up chatter (accelerator lines, tips) buries the comparison's output.
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    quiet_lightning()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:

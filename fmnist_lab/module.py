@@ -1,12 +1,13 @@
 """One LightningModule for every network: cross-entropy, SGD with momentum, accuracy.
 
-Speed matters here because a step of the small networks takes about a millisecond on a
-GPU or two CPU cores, so per-step bookkeeping shows (issue 6, `fmnist_lab.bench`):
+Speed matters here because a training step of the MLP takes about 2 ms on two CPU cores
+(less on a GPU), so per-step bookkeeping shows (issue 6, `python -m fmnist_lab.bench`):
 
 - Training metrics are two running sums on the device, updated with a few in-place adds a
-  step; `self.log` (which costs more than the MLP's step itself when called per step) is
-  called once per epoch, and Lightning computes the logged metric objects at the epoch's
-  end. Nothing in a training step waits for the host except the divergence check.
+  step. `self.log` of a metric object costs 1-2 ms a call in Lightning 2.6 (it moves the
+  metric to the device every time), so it is called once an epoch: Lightning keeps the
+  logged objects and computes them at the epoch's end. Nothing in a training step waits
+  for the host except the divergence check.
 - Divergence is checked every `divergence_check_every` steps (one host sync): a
   non-finite loss stops the run and marks it diverged.
 - Lightning's progress bar redraws and reads the metrics on every step; it is replaced by
@@ -18,13 +19,15 @@ GPU or two CPU cores, so per-step bookkeeping shows (issue 6, `fmnist_lab.bench`
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -32,12 +35,20 @@ from torchmetrics.classification import MulticlassAccuracy
 from fmnist_lab.data import NUM_CLASSES
 
 
+def quiet_lightning() -> None:
+    """Mute Lightning's start-up chatter (accelerator lines, tips, a deprecation inside
+    Lightning itself, a logging-interval warning for short epochs): it buries our output."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 class EpochMean(Metric):
     """`total / count` over an epoch from per-batch sums.
 
-    torchmetrics' MeanMetric and MulticlassAccuracy validate and reshape their inputs on
-    every call (accuracy even runs torch.unique on the labels: a host sync on a GPU); these
-    two sums cost a fraction of that.
+    torchmetrics' MeanMetric and MulticlassAccuracy check, cast and reshape their inputs on
+    every call (~210 us a step together on the CPU, 10% of the MLP's step); these sums cost
+    a quarter of that.
     """
 
     full_state_update = False
@@ -55,26 +66,35 @@ class EpochMean(Metric):
         return self.total / self.count
 
 
-class ThrottledProgressBar(TQDMProgressBar):
-    """Lightning's bar, redrawn at most every `interval` seconds (and at the last batch).
+class _Throttled:
+    """Lightning's progress bars redraw and gather the metrics after every training batch:
+    ~70 us a step, 3% of the MLP's step on a CPU. This one skips batches to redraw at most
+    every `interval` seconds (and at the epoch's last batch)."""
 
-    The stock bar redraws and collects the progress-bar metrics on every batch, which halved
-    the MLP's training speed on the CPU.
-    """
+    interval = 0.5
+    _last_draw = 0.0
 
-    def __init__(self, interval: float = 0.5) -> None:
-        super().__init__()
-        self.interval = interval
-        self._last_draw = 0.0
-
-    def _should_update(self, current: int, total: int) -> bool:
-        if not self.is_enabled:
-            return False
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.monotonic()
-        if current == total or now - self._last_draw >= self.interval:
+        if now - self._last_draw >= self.interval or batch_idx + 1 == self.total_train_batches:
             self._last_draw = now
-            return True
-        return False
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class ThrottledTQDMProgressBar(_Throttled, TQDMProgressBar):
+    pass
+
+
+class ThrottledRichProgressBar(_Throttled, RichProgressBar):
+    def __init__(self) -> None:
+        # Rich also redraws from a thread, 100 times a second by default: that thread took
+        # ~10% of the MLP's training speed (GIL and a CPU core) on a 2-core machine.
+        super().__init__(refresh_rate=round(1 / self.interval))
+
+
+# Lightning's default bar (Rich when `rich` is installed, else tqdm) -> its throttled twin.
+THROTTLED = {TQDMProgressBar: ThrottledTQDMProgressBar, RichProgressBar: ThrottledRichProgressBar}
 
 
 class Classifier(pl.LightningModule):
@@ -113,15 +133,18 @@ class Classifier(pl.LightningModule):
         return self.net(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # One fused kernel for all parameters instead of a few small ops per tensor: the
+        # optimizer step takes half the time on the CPU (and fewer launches on a GPU).
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
         return torch.optim.SGD(
-            self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            self.parameters(), lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, fused=fused,
         )
 
     def configure_callbacks(self) -> list[Callback]:
-        # Only Lightning's own bar is replaced; a bar a user passed in stays as it is.
-        if type(self.trainer.progress_bar_callback) is TQDMProgressBar:
-            return [ThrottledProgressBar()]
-        return []
+        # Only Lightning's own default bar is replaced; a bar a user passed in stays.
+        throttled = THROTTLED.get(type(self.trainer.progress_bar_callback))
+        return [throttled()] if throttled else []
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # Returning -1 ends the epoch; with should_stop set, it ends the fit.

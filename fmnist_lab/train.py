@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
-from fmnist_lab.module import Classifier
+from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.sweep import RESULTS_FILE, read_results, threads_per_job, write_json_atomic
 
@@ -190,11 +189,7 @@ def _summary(result: dict, out_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one run; returns its last validation accuracy (the objective of optuna sweeps)."""
-    # Lightning's start-up chatter (accelerator lines, tips, a deprecation inside Lightning
-    # itself) buries the run's own output.
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    quiet_lightning()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)

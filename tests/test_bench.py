@@ -1,0 +1,181 @@
+"""The throughput bench and the speed switches. Nothing here asserts a speed: the machine is
+shared, and the bench itself reports the numbers (README, Performance)."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fmnist_lab import bench, data
+from fmnist_lab.schema import ConfigError
+from fmnist_lab.train import build_module, train
+from tests.conftest import CONF, TINY, make_cfg, run_cli
+
+MLP = ("model=three_fc", "optimizer.lr=0.05", "trainer.max_epochs=2")
+CONV = ("model=three_conv", "optimizer.lr=0.05", "data.train_size=300")
+
+
+def bench_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="bench", overrides=[*TINY, *overrides])
+
+
+def checkpoint_keys(run_dir) -> list[str]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    return sorted(ckpt["state_dict"])
+
+
+@pytest.fixture(scope="module")
+def mlp_default(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlp")
+    return out, train(make_cfg(*MLP), out)
+
+
+@pytest.fixture(scope="module")
+def conv_default(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv")
+    return out, train(make_cfg(*CONV), out)
+
+
+# ---------------------------------------------------------------------------- switches
+
+
+def test_bf16_mixed_precision_trains_as_well_as_fp32(mlp_default, tmp_path):
+    _, default = mlp_default
+    result = train(make_cfg(*MLP, "trainer.precision=bf16-mixed"), tmp_path)
+    assert result["status"] == "completed"
+    assert abs(result["test_acc"] - default["test_acc"]) < 0.03  # seeds differ by ~0.07
+
+
+def test_channels_last_converts_the_network_and_trains_the_same(conv_default, tmp_path):
+    default_dir, default = conv_default
+    module = build_module(make_cfg(*CONV, "data.channels_last=true"))
+    conv = module.net.features[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    result = train(make_cfg(*CONV, "data.channels_last=true"), tmp_path)
+    assert result["status"] == "completed"
+    assert abs(result["test_acc"] - default["test_acc"]) < 0.02
+    assert checkpoint_keys(tmp_path) == checkpoint_keys(default_dir)
+
+
+def test_compile_trains_the_same_and_keeps_checkpoint_keys(mlp_default, tmp_path):
+    from torch._dynamo.utils import counters
+
+    default_dir, default = mlp_default
+    counters.clear()
+    result = train(make_cfg(*MLP, "compile=true"), tmp_path)
+    assert counters["stats"]["unique_graphs"] > 0  # torch.compile did run
+    assert result["status"] == "completed"
+    assert abs(result["test_acc"] - default["test_acc"]) < 0.02
+    keys = checkpoint_keys(tmp_path)
+    assert keys == checkpoint_keys(default_dir) and all(k.startswith("net.") for k in keys)
+
+
+def test_compile_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="compile"):
+        build_module(make_cfg("compile=maybe"))
+
+
+def test_runs_in_one_process_read_the_data_files_once(tmp_path, monkeypatch):
+    reads = []
+    read_idx = data.read_idx
+    monkeypatch.setattr(data, "_CACHE", {})
+    monkeypatch.setattr(data, "read_idx", lambda path: reads.append(path) or read_idx(path))
+    for seed in (0, 1):
+        result = train(make_cfg("model=three_fc", f"seed={seed}"), tmp_path / str(seed))
+        assert result["status"] == "completed"
+    assert len(reads) == 4  # the four IDX files, read by the first run only
+
+
+# ---------------------------------------------------------------------------- the bench
+
+
+def test_windows_count_warmup_then_repeats():
+    windows = bench.Windows(warmup=2, steps=3, repeats=2, max_seconds=60,
+                            device=torch.device("cpu"))
+    done = [windows.step(10) for _ in range(windows.total_steps)]
+    assert done == [False] * 7 + [True]
+    assert len(windows.rates) == 2 and windows.best > 0
+
+
+def test_windows_close_after_max_seconds():
+    windows = bench.Windows(warmup=1, steps=1000, repeats=3, max_seconds=1e-9,
+                            device=torch.device("cpu"))
+    assert [windows.step(1) for _ in range(4)] == [False, False, False, True]
+
+
+def test_raw_loop_runs_under_bf16_autocast():
+    cfg = bench_cfg("model=three_fc", "trainer.precision=bf16-mixed")
+    windows = bench.Windows(2, 3, 1, 60, torch.device("cpu"))
+    bench.time_raw(cfg, windows, torch.device("cpu"))
+    assert windows.best > 0
+
+
+@pytest.mark.parametrize("transforms, first", [("standard", "ToTensor"),
+                                               ("hflip", "RandomHorizontalFlip"),
+                                               ("color_jitter", "ColorJitter"),
+                                               ("rotation", "RandomRotation")])
+def test_seed_style_transforms_are_torchvisions_per_image(transforms, first):
+    compose_ = bench.seed_transform(bench_cfg(f"transforms={transforms}").transforms)
+    assert type(compose_.transforms[0]).__name__ == first
+    x = compose_(Image.fromarray(data.load_fashion_mnist().train_images[0].numpy()))
+    assert x.shape == (1, 28, 28) and -1 <= x.min() and x.max() <= 1
+
+
+def test_bench_models_and_settings_are_checked():
+    assert bench.bench_models(bench_cfg(), []) == list(bench.STUDY_MODELS)
+    assert bench.bench_models(bench_cfg("model=three_fc"), ["model=three_fc"]) == ["three_fc"]
+    with pytest.raises(ConfigError, match="bench.models"):
+        bench.bench_models(bench_cfg("bench.models=[three_fc,nope]"), [])
+    for bad in ("bench.steps=0", "bench.max_seconds=0", "bench.methods=[fast]",
+                "trainer.precision=64-true"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            bench.check_bench(bench_cfg(bad))
+
+
+def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
+    proc = run_cli("fmnist_lab.bench", "bench.models=[three_fc,two_conv_one_fc]",
+                   "bench.steps=8", "bench.warmup=3", "bench.repeats=2", "data.batch_size=32",
+                   "data.train_size=2000", "trainer.accelerator=cpu",
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("model"))
+    assert header.split() == ["model", "params", "a", "lightning", "a0", "bare", "b", "raw",
+                              "c", "seed", "a/c", "a/b"]
+    assert any(line.startswith("three_fc") and "94,154" in line
+               for line in proc.stdout.splitlines())
+    assert "three_fc: lightning >= 10x seed-style" in proc.stdout
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["machine"]["device"] == "cpu"
+    assert report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["torch_threads"] >= 1
+    assert report["settings"]["batch_size"] == 32 and report["settings"]["warmup"] == 3
+    assert [r["model"] for r in report["results"]] == ["three_fc", "two_conv_one_fc"]
+    for row in report["results"]:
+        assert all(row[m] > 0 and len(row["windows"][m]) == 2 for m in bench.METHODS)
+        assert row["lightning_over_raw"] == pytest.approx(row["lightning"] / row["raw"])
+        assert row["lightning_over_seed"] == pytest.approx(row["lightning"] / row["seed"])
+    assert {t["target"] for t in report["targets"]} >= {"three_fc: lightning >= 10x seed-style",
+                                                       "three_fc: lightning >= 0.9x raw"}
+
+
+def test_bench_rejects_an_unknown_network(tmp_path):
+    proc = run_cli("fmnist_lab.bench", "bench.models=[nope]", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "bench.models" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_bench_on_the_gpu_with_every_switch(tmp_path):
+    proc = run_cli("fmnist_lab.bench", "bench.models=[three_fc,two_conv_one_fc]",
+                   "bench.steps=20", "bench.warmup=10", "trainer.accelerator=gpu",
+                   "trainer.precision=bf16-mixed", "data.channels_last=true", "compile=true",
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["machine"]["device"] == "cuda" and report["machine"]["gpu"]
