@@ -101,6 +101,16 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def checkpoint_every_epoch(checkpoint_dir: Path) -> ModelCheckpoint:
+    """`last.ckpt` after every epoch: what an interrupted run resumes from.
+
+    (With save_top_k=0 Lightning writes last.ckpt only when fit ends, too late to resume.)
+    save_top_k=1 without a monitor keeps just the newest epoch file beside it.
+    """
+    return ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1,
+                           every_n_epochs=1)
+
+
 def build_datamodule(cfg: DictConfig) -> FashionMNISTDataModule:
     return FashionMNISTDataModule(**cfg.data, seed=cfg.seed, augment=instantiate(cfg.transforms))
 
@@ -137,7 +147,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     trainer = pl.Trainer(
         **cfg.trainer,
         logger=logger,
-        callbacks=[ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0), history],
+        callbacks=[checkpoint_every_epoch(checkpoint_dir), history],
     )
     result: dict[str, Any] = {
         "status": "running",

@@ -174,6 +174,30 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     assert all(r["status"] == "completed" for r in after)
 
 
+def test_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
+    args = [*FAST, "trainer.max_epochs=40", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline:  # written after every epoch
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (tmp_path / "results.json").exists()
+    epochs_done = torch.load(last, weights_only=False)["epoch"]
+    assert epochs_done < 39, "the run finished before it could be killed"
+
+    again = run_cli("fmnist_lab.train", *args)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["status"] == "completed"
+    assert [e["epoch"] for e in result["history"]] == list(range(1, 41))
+
+
 def test_results_json_is_never_half_written(tmp_path, cfg_factory, monkeypatch):
     # A crash while writing (simulated at the rename) leaves no results.json at all.
     def crash(*args):
