@@ -4,9 +4,10 @@
     `build_datamodule` with what `fmnist_lab.train` attaches to a run (TensorBoard logger,
     last-checkpoint callback, History, the progress bar as configured). Only validation is
     off: it is not training, and by default the timed steps end inside the first epoch.
-(a0) bare: a minimal LightningModule (the same network, cross-entropy and optimizer, no
-    metrics) through the same Trainer and data module, with no logger, checkpoint or
-    progress bar: the cost of Lightning's loop itself, which this project cannot remove.
+(a0) bare: plain Lightning: a minimal LightningModule (the same network, cross-entropy and
+    optimizer, no metrics) taking one batch per training step through the same Trainer and
+    data module, with no logger, checkpoint or progress bar. Lightning's loop around each
+    batch costs about 1 ms on a CPU; (a) hands it groups of `data.group_batches` batches.
 (b) raw: a plain PyTorch loop over the same device tensors with the same data path (index,
     float, augment, normalise), network, optimizer and precision: the compute floor.
 (c) seed: the seed's pipeline: a Dataset serving one PIL image at a time through the
@@ -14,10 +15,12 @@
     a shuffling DataLoader with `bench.seed_workers` workers, an eager fp32 network, plain
     SGD, and `loss.item()` every step, as the seed's running-loss bookkeeping did.
 
-Each pipeline is timed after `bench.warmup` steps in `bench.repeats` windows of at most
-`bench.steps` steps (a window also closes after `bench.max_seconds`), and its best window is
-reported: other work on a shared machine only ever slows a window down. On a GPU the clock
-is read after a synchronize, at window edges only. The table is printed, and `bench.json`
+The pipelines are timed in `bench.repeats` rounds; a round times one window of each, of
+at most `bench.steps` training steps (or `bench.max_seconds`) after `bench.warmup` steps.
+The table gives each pipeline's median window and, for the ratios, the median of the
+rounds' ratios: on a shared machine the speed drifts by tens of percent over a minute, and
+windows seconds apart see the same drift. On a GPU the clock is read after a synchronize,
+at window edges only. The table is printed, and `bench.json`
 (machine, versions, settings, every window) is written to the run folder.
 """
 
@@ -29,6 +32,7 @@ import logging
 import numbers
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +60,6 @@ from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import History, build_datamodule, build_module, write_json_atomic
-from fmnist_lab.transforms import normalize, to_unit_float
 
 log = logging.getLogger("fmnist_lab")
 
@@ -70,82 +73,74 @@ MIN_OVER_SEED = {"three_fc": 10.0}
 MIN_OVER_RAW = 0.9
 
 
-class Windows:
-    """Steady-state throughput: `repeats` windows of at most `steps` steps after `warmup`.
+class Window:
+    """Steady-state throughput: one window of at most `steps` steps after `warmup` steps.
 
-    A window also closes once `max_seconds` have passed, so a slow network on a CPU is timed
-    in bounded time. `step()` is called after every training step.
+    The window also closes once `max_seconds` have passed, so a slow network on a CPU is
+    timed in bounded time. `step()` is called after every training step (or group).
     """
 
-    def __init__(self, warmup: int, steps: int, repeats: int, max_seconds: float,
+    def __init__(self, warmup: int, steps: int, max_seconds: float,
                  device: torch.device) -> None:
-        self.warmup, self.steps, self.repeats = warmup, steps, repeats
+        self.warmup, self.steps = warmup, steps
         self.max_seconds, self.device = max_seconds, device
-        self.rates: list[float] = []
+        self.rate: float | None = None
         self._warm = 0
         self._start: float | None = None
         self._images = self._steps = 0
-
-    @property
-    def total_steps(self) -> int:
-        """Steps needed when no window closes early."""
-        return self.warmup + self.repeats * self.steps
-
-    @property
-    def best(self) -> float | None:
-        return max(self.rates) if self.rates else None
 
     def _now(self) -> float:
         if self.device.type == "cuda":  # time the GPU's work, not the launch queue
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def step(self, images: int) -> bool:
-        """Count one finished training step of `images` images; True once all are timed."""
+    def step(self, images: int, steps: int = 1) -> bool:
+        """Count `steps` finished training steps of `images` images in all; True once the
+        window is timed. (Lightning's batches are groups of steps: the window's edges fall
+        between groups.)"""
         if self._start is None:
-            self._warm += 1
+            self._warm += steps
             if self._warm >= self.warmup:
                 self._start = self._now()
             return False
         self._images += images
-        self._steps += 1
+        self._steps += steps
         if self._steps >= self.steps or time.perf_counter() - self._start >= self.max_seconds:
-            end = self._now()
-            self.rates.append(self._images / (end - self._start))
-            self._start, self._images, self._steps = end, 0, 0
-        return len(self.rates) >= self.repeats
+            self.rate = self._images / (self._now() - self._start)
+        return self.rate is not None
 
 
-class WindowsCallback(pl.Callback):
-    """Feeds Lightning's training steps to `Windows`; stops the fit once they are timed."""
+class WindowCallback(pl.Callback):
+    """Feeds Lightning's training batches to a `Window`; stops the fit once it is timed."""
 
-    def __init__(self, windows: Windows) -> None:
-        self.windows = windows
+    def __init__(self, window: Window) -> None:
+        self.window = window
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.windows.step(len(batch[1])):
+        if self.window.step(len(batch.labels), len(batch)):  # a BatchGroup
             trainer.should_stop = True
 
 
 # ---------------------------------------------------------------------------- (a) (b) (c)
 
 
-def time_lightning(cfg: DictConfig, windows: Windows, workdir: Path) -> None:
+def time_lightning(cfg: DictConfig, window: Window, workdir: Path) -> None:
     """(a) A training run as `fmnist_lab.train.train` sets it up, stopped once timed."""
     datamodule, module = build_datamodule(cfg), build_module(cfg)
     logger = TensorBoardLogger(save_dir=str(workdir), name="tensorboard", version="",
                                default_hp_metric=False)
     callbacks = [ModelCheckpoint(dirpath=workdir / "checkpoints", save_last=True, save_top_k=0),
-                 History(), WindowsCallback(windows)]
-    trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": windows.total_steps,
-                    "limit_val_batches": 0}
+                 History(), WindowCallback(window)]
+    # Runs until WindowCallback stops it.
+    trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": -1, "limit_val_batches": 0}
     trainer = pl.Trainer(**trainer_args, logger=logger, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule)
 
 
 class BareModule(pl.LightningModule):
-    """Lightning's own floor: the run's network, cross-entropy and optimizer, nothing else."""
+    """Plain Lightning: the run's network, cross-entropy and optimizer, one batch per
+    training step with automatic optimization, nothing else."""
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__()
@@ -153,22 +148,24 @@ class BareModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor],
                       batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        (x, y), = batch  # a BatchGroup of one batch
         return F.cross_entropy(self.classifier.net(x), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.classifier.configure_optimizers()
 
 
-def time_bare(cfg: DictConfig, windows: Windows) -> None:
-    """(a0) A plain LightningModule through the same Trainer and data module, with no
-    metrics, logger, checkpoint or progress bar (and without Classifier's __setattr__
-    shortcut): what pl.Trainer's loop costs by itself."""
+def time_bare(cfg: DictConfig, window: Window) -> None:
+    """(a0) A plain LightningModule through the same Trainer and data module (one batch at
+    a time), with no metrics, logger, checkpoint or progress bar: what pl.Trainer's loop
+    costs a project that runs one batch per training step."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.group_batches = 1
     datamodule, module = build_datamodule(cfg), BareModule(build_module(cfg))
-    trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": windows.total_steps,
+    trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": -1,
                     "limit_val_batches": 0, "enable_progress_bar": False,
                     "enable_model_summary": False, "enable_checkpointing": False}
-    trainer = pl.Trainer(**trainer_args, logger=False, callbacks=[WindowsCallback(windows)])
+    trainer = pl.Trainer(**trainer_args, logger=False, callbacks=[WindowCallback(window)])
     trainer.fit(module, datamodule=datamodule)
 
 
@@ -197,25 +194,20 @@ def mixed_precision(
                       "bench.methods for others)")
 
 
-def time_raw(cfg: DictConfig, windows: Windows, device: torch.device) -> None:
+def time_raw(cfg: DictConfig, window: Window, device: torch.device) -> None:
     """(b) forward, loss, backward, step over the data module's tensors, nothing else."""
     datamodule, module = build_datamodule(cfg), build_module(cfg)
     datamodule.setup("fit")  # without a trainer the tensors stay on the CPU: moved here
     split = datamodule.train_dataloader()
     batches = TensorBatches(split.images.to(device), split.labels.to(device),
-                            split.batch_size, shuffle_seed=itertools.count(cfg.seed).__next__)
+                            datamodule.batch_size,
+                            shuffle_seed=itertools.count(cfg.seed).__next__)
     net = module.to(device).train().net
     optimizer = module.configure_optimizers()
     autocast, scaler = mixed_precision(cfg.trainer.precision, device)
     while True:
         for images, labels in batches:
-            # The data module's on_after_batch_transfer, for training batches.
-            x = to_unit_float(images)
-            if datamodule.augment is not None:
-                x = datamodule.augment(x)
-            x = normalize(x)
-            if datamodule.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = datamodule.prepare(images, train=True)
             with autocast:
                 loss = F.cross_entropy(net(x), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -226,7 +218,7 @@ def time_raw(cfg: DictConfig, windows: Windows, device: torch.device) -> None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            if windows.step(len(labels)):
+            if window.step(len(labels)):
                 return
 
 
@@ -262,7 +254,7 @@ def seed_transform(transforms: DictConfig) -> T.Compose:
     return T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,), (0.5,))])
 
 
-def time_seed(cfg: DictConfig, windows: Windows, device: torch.device) -> None:
+def time_seed(cfg: DictConfig, window: Window, device: torch.device) -> None:
     """(c) The seed's training loop over a DataLoader of PIL images."""
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
@@ -285,7 +277,7 @@ def time_seed(cfg: DictConfig, windows: Windows, device: torch.device) -> None:
             loss.backward()
             optimizer.step()
             running_loss += loss.item()
-            if windows.step(len(labels)):
+            if window.step(len(labels)):
                 return
 
 
@@ -352,8 +344,11 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
+def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> float | None:
+    """Median over rounds of a's rate over b's in the same round."""
+    if a not in rates or b not in rates:
+        return None
+    return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
 
 
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -392,27 +387,32 @@ def run_bench(cfg: DictConfig, models: list[str], out_dir: Path) -> dict[str, An
     }
     for name in models:
         run_cfg = with_model(cfg, name)
+        methods = [m for m in METHODS if m in b.methods]
+        rates: dict[str, list[float]] = {m: [] for m in methods}
+        # Rounds of one window per method, so each round's ratios compare windows taken
+        # seconds apart: on a shared machine the speed drifts more over a minute than
+        # within a round.
+        for _ in range(b.repeats):
+            for method in methods:
+                window = Window(b.warmup, b.steps, b.max_seconds, device)
+                if method == "lightning":
+                    with tempfile.TemporaryDirectory() as workdir:
+                        time_lightning(run_cfg, window, Path(workdir))
+                elif method == "bare":
+                    time_bare(run_cfg, window)
+                elif method == "raw":
+                    time_raw(run_cfg, window, device)
+                else:
+                    time_seed(run_cfg, window, device)
+                rates[method].append(window.rate)
         row: dict[str, Any] = {"model": name, "num_params": num_params(instantiate(run_cfg.model))}
-        row["windows"] = {}
         for method in METHODS:
-            if method not in b.methods:
-                row[method] = None
-                continue
-            windows = Windows(b.warmup, b.steps, b.repeats, b.max_seconds, device)
-            if method == "lightning":
-                with tempfile.TemporaryDirectory() as workdir:
-                    time_lightning(run_cfg, windows, Path(workdir))
-            elif method == "bare":
-                time_bare(run_cfg, windows)
-            elif method == "raw":
-                time_raw(run_cfg, windows, device)
-            else:
-                time_seed(run_cfg, windows, device)
-            row[method] = windows.best
-            row["windows"][method] = windows.rates
-            log.info("%s %s: %.0f images/s", name, method, windows.best or 0)
-        row["lightning_over_seed"] = ratio(row["lightning"], row["seed"])
-        row["lightning_over_raw"] = ratio(row["lightning"], row["raw"])
+            row[method] = statistics.median(rates[method]) if method in rates else None
+            if method in rates:
+                log.info("%s %s: %.0f images/s", name, method, row[method])
+        row["lightning_over_seed"] = paired_ratio(rates, "lightning", "seed")
+        row["lightning_over_raw"] = paired_ratio(rates, "lightning", "raw")
+        row["windows"] = rates
         report["results"].append(row)
     report["machine"]["load_average_after"] = (
         os.getloadavg() if hasattr(os, "getloadavg") else None)
@@ -426,13 +426,14 @@ def table(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores"
     lines = [
-        f"Training throughput, images/s: batch {s['batch_size']}, best of {s['repeats']} "
-        f"windows of up to {s['steps']} steps after {s['warmup']} warm-up steps",
+        f"Training throughput, images/s: batch {s['batch_size']}, median of {s['repeats']} "
+        f"rounds of one window per method (up to {s['steps']} steps or {s['max_seconds']:g} s "
+        f"after {s['warmup']} warm-up steps); ratios: median of the rounds' ratios",
         f"{m['device']} ({where}; {m['torch_threads']} torch threads), torch {m['torch']}, "
         f"precision {s['precision']}, channels_last {s['channels_last']}, "
         f"compile {s['compile']}, transforms {s['transforms']}",
         "a  = lightning: this project's training (pl.Trainer.fit, data module on the device)",
-        "a0 = bare: a minimal LightningModule through the same Trainer (Lightning's own cost)",
+        "a0 = bare: plain Lightning, one batch per training_step through the same Trainer",
         "b  = raw: plain PyTorch loop over the same device tensors (the compute floor)",
         f"c  = seed: PIL images, per-image ToTensor/Normalize, "
         f"DataLoader(num_workers={s['seed_workers']})",

@@ -59,7 +59,23 @@ RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
         "an integer in [0, data.num_folds), and 0 when data.num_folds is null",
     ),
     "data.split_seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.group_batches": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    # The module steps the optimizer itself (manual optimization, see fmnist_lab.module),
+    # which Lightning's gradient clipping and accumulation do not support.
+    "trainer.gradient_clip_val": (
+        lambda v, c: v is None, "unset: not supported with the module's own optimizer steps"
+    ),
+    "trainer.accumulate_grad_batches": (
+        lambda v, c: v is None or v == 1,
+        "1: each batch is its own optimizer step; raise data.batch_size instead",
+    ),
     "trainer.max_epochs": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    # Inputs are made float32 batch by batch inside the training step, where Lightning's
+    # "-true" plugins cannot convert them; mixed precision autocasts them.
+    "trainer.precision": (
+        lambda v, c: str(v) in ("32", "32-true", "bf16-mixed", "16-mixed"),
+        "32-true, bf16-mixed or 16-mixed",
+    ),
     "num_threads": (lambda v, c: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
 }
 

@@ -53,7 +53,7 @@ class History(pl.Callback):
         self._images = 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        self._images += len(batch[1])
+        self._images += len(batch.labels)  # a BatchGroup
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.training or trainer.state.fn == "fit":

@@ -1,4 +1,5 @@
 import gzip
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from fmnist_lab import data as data_mod
 from fmnist_lab.data import (
     DEBIAN_ROOT,
     FILES,
+    BatchGroup,
     DataError,
     FashionMNISTDataModule,
     find_data_root,
@@ -215,6 +217,32 @@ def test_batches_are_uint8_slices_then_normalised_floats():
     x, y = dm.on_after_batch_transfer((x, y), 0)
     assert x.shape == (64, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     assert sum(len(b[1]) for b in batches) == 550
+
+
+def test_groups_hold_the_batches_of_group_batches_1_in_order():
+    single = _datamodule(train_size=600, batch_size=64)
+    grouped = _datamodule(train_size=600, batch_size=64, group_batches=4)
+    groups = [BatchGroup(x, y, 64, grouped.prepare) for x, y in grouped.train_dataloader()]
+    assert len(groups) == len(grouped.train_dataloader()) == 3  # 9 batches in 4 + 4 + 1
+    assert [len(g) for g in groups] == [4, 4, 1]
+    from_groups = [batch for group in groups for batch in group]
+    batches = [(single.prepare(x), y) for x, y in single.train_dataloader()]
+    assert len(from_groups) == len(batches) == 9
+    for (x, y), (gx, gy) in zip(batches, from_groups, strict=True):
+        assert torch.equal(x, gx) and torch.equal(y, gy)
+    assert from_groups[-1][0].shape == (38, 1, 28, 28)  # 550 = 8 * 64 + 38
+
+
+def test_training_batches_are_augmented_and_prepared_lazily():
+    dm = _datamodule(train_size=600, batch_size=64, augment=torch.nn.Identity())
+    calls = []
+    dm.augment = lambda x: calls.append(len(x)) or x.flip(-1)
+    images, labels = next(iter(dm.train_dataloader()))
+    group = BatchGroup(images, labels, 32, partial(dm.prepare, train=True))
+    assert calls == []  # nothing is prepared before the module iterates the group
+    x, _ = next(iter(group))
+    assert calls == [32]
+    assert torch.equal(x, dm.prepare(images[:32]).flip(-1))  # eval batches: no augmentation
 
 
 def test_shuffle_differs_by_seed_and_is_reproducible():

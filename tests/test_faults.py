@@ -35,6 +35,12 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
         (["data.num_folds=5", "data.fold=-1"], "data.fold=-1 is not allowed"),
         (["data.fold=2"], "data.fold=2 is not allowed: an integer in [0, data.num_folds), and 0"),
         (["seed=-3"], "seed=-3 is not allowed: an integer >= 0"),
+        (["data.group_batches=0"], "data.group_batches=0 is not allowed: an integer >= 1"),
+        (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is not allowed: 32-true,"),
+        (["+trainer.gradient_clip_val=1.0"],
+         "trainer.gradient_clip_val=1.0 is not allowed: unset: not supported"),
+        (["+trainer.accumulate_grad_batches=4"],
+         "trainer.accumulate_grad_batches=4 is not allowed: 1: each batch is its own"),
     ],
 )
 def test_every_rule_names_key_value_and_what_is_allowed(cfg_factory, overrides, message):

@@ -65,6 +65,40 @@ def test_same_seed_same_history_on_cpu(tmp_path, cfg_factory):
     assert strip[0] != strip[2]
 
 
+def _history(result: dict) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in result["history"]]
+
+
+def _global_step(run_dir) -> int:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    return ckpt["global_step"]
+
+
+def test_group_size_changes_nothing_but_speed(tmp_path, cfg_factory):
+    # 550 images in batches of 32: 18 optimizer steps an epoch, whatever the grouping,
+    # with the random flips drawn in the same order.
+    runs = {g: train(cfg_factory("model=three_fc", "transforms=hflip", "trainer.max_epochs=2",
+                                 f"data.group_batches={g}"), tmp_path / str(g))
+            for g in (1, 4, 32)}
+    # Same weights at every epoch's end: validation and test agree to the last bit. The
+    # training loss is summed in another order (per group), so to rounding.
+    exact = [[{k: v for k, v in e.items() if k != "train_loss"} for e in _history(runs[g])]
+             for g in runs]
+    assert exact[0] == exact[1] == exact[2]
+    assert runs[1]["test_acc"] == runs[4]["test_acc"] == runs[32]["test_acc"]
+    for g in (4, 32):
+        assert [e["train_loss"] for e in runs[g]["history"]] == pytest.approx(
+            [e["train_loss"] for e in runs[1]["history"]], rel=1e-6)
+    assert all(_global_step(tmp_path / str(g)) == 2 * 18 for g in runs)
+
+
+def test_max_steps_counts_optimizer_steps_inside_a_group(tmp_path, cfg_factory):
+    train(cfg_factory("model=three_fc", "data.group_batches=4", "+trainer.max_steps=6"),
+          tmp_path)
+    assert _global_step(tmp_path) == 6
+
+
 def test_conv_net_trains_with_every_augmentation(tmp_path, cfg_factory):
     for t in ("hflip", "color_jitter"):
         result = train(cfg_factory("model=three_conv", f"transforms={t}", "init=kaiming_normal",
