@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fmnist_lab.data import DataError, TensorBatches
 from fmnist_lab.models import init_weights, num_params
-from fmnist_lab.module import Classifier, quiet_lightning
+from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import History, build_datamodule, build_module, write_json_atomic
 
@@ -161,6 +162,7 @@ def time_bare(cfg: DictConfig, window: Window) -> None:
     costs a project that runs one batch per training step."""
     cfg = copy.deepcopy(cfg)
     cfg.data.group_batches = 1
+    warnings.filterwarnings("ignore", message=".*no `validation_step`.*")  # none on purpose
     datamodule, module = build_datamodule(cfg), BareModule(build_module(cfg))
     trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": -1,
                     "limit_val_batches": 0, "enable_progress_bar": False,
@@ -210,14 +212,7 @@ def time_raw(cfg: DictConfig, window: Window, device: torch.device) -> None:
             x = datamodule.prepare(images, train=True)
             with autocast:
                 loss = F.cross_entropy(net(x), labels)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            optimizer_step(loss, optimizer, scaler)
             if window.step(len(labels)):
                 return
 
