@@ -74,7 +74,8 @@ def test_16_mixed_steps_through_lightnings_grad_scaler():
     datamodule, module = build_datamodule(cfg), build_module(cfg)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=CountingScaler("cpu"))
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, plugins=[plugin], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False)
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 18  # 550 images in batches of 32
     assert CountingScaler.calls == {"scale": 18, "step": 18, "update": 18}
