@@ -63,7 +63,8 @@ RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
     # The module steps the optimizer itself (manual optimization, see fmnist_lab.module),
     # which Lightning's gradient clipping and accumulation do not support.
     "trainer.gradient_clip_val": (
-        lambda v, c: v is None, "unset: not supported with the module's own optimizer steps"
+        lambda v, c: v is None,
+        "unset: the module steps the optimizer itself, where Lightning's clipping does not act"
     ),
     "trainer.accumulate_grad_batches": (
         lambda v, c: v is None or v == 1,

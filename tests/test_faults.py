@@ -38,7 +38,7 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
         (["data.group_batches=0"], "data.group_batches=0 is not allowed: an integer >= 1"),
         (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is not allowed: 32-true,"),
         (["+trainer.gradient_clip_val=1.0"],
-         "trainer.gradient_clip_val=1.0 is not allowed: unset: not supported"),
+         "trainer.gradient_clip_val=1.0 is not allowed: unset: the module steps the optimizer"),
         (["+trainer.accumulate_grad_batches=4"],
          "trainer.accumulate_grad_batches=4 is not allowed: 1: each batch is its own"),
     ],
