@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import numbers
 import os
 import platform
 import statistics
@@ -59,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 from fmnist_lab.data import DataError, TensorBatches
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
-from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
 from fmnist_lab.train import History, build_datamodule, build_module, write_json_atomic
 
 log = logging.getLogger("fmnist_lab")
@@ -183,17 +182,14 @@ def resolve_device(accelerator: str) -> torch.device:
 def mixed_precision(
     precision: Any, device: torch.device
 ) -> tuple[AbstractContextManager, torch.amp.GradScaler | None]:
-    """(autocast context, GradScaler or None) doing what Lightning's `precision` does."""
+    """(autocast context, GradScaler or None) doing what Lightning's `precision` does, for
+    the three values the config check allows."""
     name = str(precision)
-    if name in ("32-true", "32"):
-        return nullcontext(), None
-    if name in ("bf16-mixed", "bf16"):
+    if name == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16), None
-    if name in ("16-mixed", "16"):
+    if name == "16-mixed":
         return torch.autocast(device.type, dtype=torch.float16), torch.amp.GradScaler(device.type)
-    raise ConfigError("trainer.precision", precision,
-                      "32-true, bf16-mixed or 16-mixed with the raw loop (leave raw out of "
-                      "bench.methods for others)")
+    return nullcontext(), None
 
 
 def time_raw(cfg: DictConfig, window: Window, device: torch.device) -> None:
@@ -279,24 +275,23 @@ def time_seed(cfg: DictConfig, window: Window, device: torch.device) -> None:
 # ---------------------------------------------------------------------------- the bench
 
 
+BENCH_RULES: dict[str, Rule] = {
+    "bench.warmup": int_at_least(1),
+    "bench.steps": int_at_least(1),
+    "bench.repeats": int_at_least(1),
+    "bench.seed_workers": int_at_least(0),
+    "bench.max_seconds": (lambda v, c: is_number(v) and v > 0, "a number > 0"),
+    "bench.methods": (
+        lambda v, c: OmegaConf.is_list(v) and len(v) > 0 and all(m in METHODS for m in v),
+        f"a non-empty list of {', '.join(METHODS)}",
+    ),
+}
+
+
 def check_bench(cfg: DictConfig) -> None:
-    """ConfigError for a bench.* value out of range."""
-    b = cfg.bench
-
-    def is_int(v: Any, low: int) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-    for key, low in (("warmup", 1), ("steps", 1), ("repeats", 1), ("seed_workers", 0)):
-        if not is_int(b[key], low):
-            raise ConfigError(f"bench.{key}", b[key], f"an integer >= {low}")
-    if not isinstance(b.max_seconds, numbers.Real) or isinstance(b.max_seconds, bool) \
-            or b.max_seconds <= 0:
-        raise ConfigError("bench.max_seconds", b.max_seconds, "a number > 0")
-    methods = list(b.methods) if OmegaConf.is_list(b.methods) else [b.methods]
-    if not methods or any(m not in METHODS for m in methods):
-        raise ConfigError("bench.methods", methods, f"a non-empty list of {', '.join(METHODS)}")
-    if "raw" in methods:  # fail before anything is timed, not after the first pipelines
-        mixed_precision(cfg.trainer.precision, torch.device("cpu"))
+    """ConfigError for a bad training value (the pipelines train) or bench.* value."""
+    check_config(cfg)
+    check_rules(cfg, BENCH_RULES)
 
 
 def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
@@ -462,7 +457,6 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        check_config(cfg)
         check_bench(cfg)
         report = run_bench(cfg, bench_models(cfg, list(hydra_cfg.overrides.task)), out_dir)
     except (ConfigError, DataError, MisconfigurationException) as e:

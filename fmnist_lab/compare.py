@@ -37,7 +37,7 @@ from torch import nn
 from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
 from fmnist_lab.models import MODELS, StudyNet
 from fmnist_lab.module import quiet_lightning
-from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
 from fmnist_lab.sweep import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.transforms import normalize, to_unit_float
 
@@ -400,18 +400,23 @@ def markdown(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the command
 
 
-def check_compare(c: DictConfig) -> None:
-    """Reject bad compare.* values before anything trains."""
-    def int_in(key: str, low: int, high: int | None = None) -> None:
-        v = c[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < low or (high and v > high):
-            allowed = f"an integer from {low} to {high}" if high else f"an integer >= {low}"
-            raise ConfigError(f"compare.{key}", v, allowed)
+COMPARE_RULES: dict[str, Rule] = {
+    "compare.num_images": (  # correlations need a few images
+        lambda v, c: is_int(v) and 3 <= v <= COUNTS["test"],
+        f"an integer from 3 to {COUNTS['test']}",
+    ),
+    "compare.subset_seed": int_at_least(0),
+    "compare.batch_size": int_at_least(1),
+    "compare.imagenet_size": int_at_least(28),
+}
 
-    int_in("num_images", 3, COUNTS["test"])  # correlations need a few images
-    int_in("subset_seed", 0)
-    int_in("batch_size", 1)
-    int_in("imagenet_size", 28)
+
+def check_compare(cfg: DictConfig) -> None:
+    """Reject bad training (a network may be trained) or compare.* values before anything
+    trains."""
+    check_config(cfg)
+    check_rules(cfg, COMPARE_RULES)
+    c = cfg.compare
     for role in ROLES:
         model = c[f"{role}_model"]
         if model is not None and model not in MODELS:
@@ -434,9 +439,8 @@ def _describe(network: Network, layer: str) -> str:
 
 def run_compare(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Load or train both networks, compare them, write compare.json, compare.md, heatmaps."""
+    check_compare(cfg)
     c = cfg.compare
-    check_config(cfg)
-    check_compare(c)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,43 +23,56 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def _is_int(v: Any) -> bool:
+# (test of the value and the whole config, what is allowed)
+Rule = tuple[Callable[[Any, DictConfig], bool], str]
+
+
+def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def int_at_least(low: int) -> Rule:
+    return lambda v, c: is_int(v) and v >= low, f"an integer >= {low}"
+
+
+BOOLEAN: Rule = (lambda v, c: isinstance(v, bool), "true or false")
+
+
 # key -> (test, what is allowed); a test sees the value and the whole config.
-RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
-    "seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
-    "optimizer.lr": (lambda v, c: _is_number(v) and v > 0, "a number > 0"),
-    "optimizer.momentum": (lambda v, c: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer.weight_decay": (lambda v, c: _is_number(v) and v >= 0, "a number >= 0"),
-    "data.batch_size": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+RULES: dict[str, Rule] = {
+    "seed": int_at_least(0),
+    "optimizer.lr": (lambda v, c: is_number(v) and v > 0, "a number > 0"),
+    "optimizer.momentum": (lambda v, c: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.weight_decay": (lambda v, c: is_number(v) and v >= 0, "a number >= 0"),
+    "data.batch_size": int_at_least(1),
+    "data.eval_batch_size": int_at_least(1),
     "data.train_size": (
-        lambda v, c: v is None or (_is_int(v) and 1 <= v <= COUNTS["train"]),
+        lambda v, c: v is None or (is_int(v) and 1 <= v <= COUNTS["train"]),
         f"null (all) or an integer from 1 to {COUNTS['train']}",
     ),
     "data.val_size": (
-        lambda v, c: _is_int(v) and 1 <= v < COUNTS["train"],
+        lambda v, c: is_int(v) and 1 <= v < COUNTS["train"],
         f"an integer from 1 to {COUNTS['train'] - 1}",
     ),
     "data.test_size": (
-        lambda v, c: v is None or (_is_int(v) and 1 <= v <= COUNTS["test"]),
+        lambda v, c: v is None or (is_int(v) and 1 <= v <= COUNTS["test"]),
         f"null (all) or an integer from 1 to {COUNTS['test']}",
     ),
     "data.num_folds": (
-        lambda v, c: v is None or (_is_int(v) and v >= 2), "null (hold-out) or an integer >= 2"
+        lambda v, c: v is None or (is_int(v) and v >= 2), "null (hold-out) or an integer >= 2"
     ),
     "data.fold": (
-        lambda v, c: _is_int(v) and (0 <= v < (c.data.num_folds or 1)),
+        lambda v, c: is_int(v) and (0 <= v < (c.data.num_folds or 1)),
         "an integer in [0, data.num_folds), and 0 when data.num_folds is null",
     ),
-    "data.split_seed": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
-    "data.group_batches": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.split_seed": int_at_least(0),
+    "data.group_batches": int_at_least(1),
+    "data.channels_last": BOOLEAN,
+    "compile": BOOLEAN,
     # The module steps the optimizer itself (manual optimization, see fmnist_lab.module),
     # which Lightning's gradient clipping and accumulation do not support.
     "trainer.gradient_clip_val": (
@@ -70,23 +83,28 @@ RULES: dict[str, tuple[Callable[[Any, DictConfig], bool], str]] = {
         lambda v, c: v is None or v == 1,
         "1: each batch is its own optimizer step; raise data.batch_size instead",
     ),
-    "trainer.max_epochs": (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.max_epochs": int_at_least(1),
     # Inputs are made float32 batch by batch inside the training step, where Lightning's
     # "-true" plugins cannot convert them; mixed precision autocasts them.
     "trainer.precision": (
         lambda v, c: str(v) in ("32", "32-true", "bf16-mixed", "16-mixed"),
         "32-true, bf16-mixed or 16-mixed",
     ),
-    "num_threads": (lambda v, c: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "num_threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
 }
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value that breaks a rule."""
-    for key, (test, allowed) in RULES.items():
+def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
+    """Raise ConfigError for the first value that breaks one of `rules`."""
+    for key, (test, allowed) in rules.items():
         value = OmegaConf.select(cfg, key, default=None)
         if not test(value, cfg):
             raise ConfigError(key, value, allowed)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value of a run's config that breaks a rule."""
+    check_rules(cfg, RULES)
     if cfg.data.num_folds and cfg.data.train_size is not None:
         if cfg.data.train_size < cfg.data.num_folds * 10:
             raise ConfigError(

@@ -119,11 +119,8 @@ def build_module(cfg: DictConfig) -> Classifier:
     """The network, initialised from `seed` alone: every fold and resume starts the same."""
     pl.seed_everything(cfg.seed, verbose=False)
     net = init_weights(instantiate(cfg.model), cfg.init.scheme)
-    compile_net = cfg.get("compile", False)
-    if not isinstance(compile_net, bool):
-        raise ConfigError("compile", compile_net, "true or false")
     return Classifier(net, **cfg.optimizer, channels_last=cfg.data.channels_last,
-                      compile=compile_net)
+                      compile=cfg.compile)
 
 
 def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:

@@ -11,7 +11,7 @@ from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from fmnist_lab import bench, data
-from fmnist_lab.schema import ConfigError
+from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import build_datamodule, build_module, train
 from tests.conftest import CONF, TINY, make_cfg, run_cli
 
@@ -110,7 +110,7 @@ def test_compile_trains_the_same_and_keeps_checkpoint_keys(mlp_default, tmp_path
 
 def test_compile_must_be_a_boolean():
     with pytest.raises(ConfigError, match="compile"):
-        build_module(make_cfg("compile=maybe"))
+        check_config(make_cfg("compile=maybe"))
 
 
 def test_runs_in_one_process_read_the_data_files_once(tmp_path, monkeypatch):

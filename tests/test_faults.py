@@ -36,6 +36,7 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
         (["data.fold=2"], "data.fold=2 is not allowed: an integer in [0, data.num_folds), and 0"),
         (["seed=-3"], "seed=-3 is not allowed: an integer >= 0"),
         (["data.group_batches=0"], "data.group_batches=0 is not allowed: an integer >= 1"),
+        (["data.channels_last=maybe"], "data.channels_last='maybe' is not allowed: true or false"),
         (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' is not allowed: 32-true,"),
         (["+trainer.gradient_clip_val=1.0"],
          "trainer.gradient_clip_val=1.0 is not allowed: unset: the module steps the optimizer"),
