@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS_FILE = "results.json"
+from fmnist_lab.sweep import RESULTS_FILE, flatten
+
 COMPARE_FILE = "compare.md"
 # Config groups the user swaps by name (`model=three_fc`); shown by that name.
 GROUPS = ("model", "init", "transforms")
@@ -95,17 +96,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys: {"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def group_choice(result: dict[str, Any], group: str,

@@ -1,6 +1,7 @@
 """Run results on disk, and the Hydra callbacks that make sweeps safe to leave for hours.
 
-- `results.json` is written atomically and read back by the resume logic and the callbacks.
+- `results.json` is written atomically and read back by the resume logic, the callbacks and
+  the report, which also shares `flatten` (a config as dotted keys) with the HParams log.
 
 - `CheckSweepConfigs` composes and checks every job's config before the first one trains, so
   a typo in the fifth value of a grid fails in a second, not after four finished runs.
@@ -44,6 +45,17 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / RESULTS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: {"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def grid_jobs(config: DictConfig) -> list[list[str]]:

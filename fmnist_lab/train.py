@@ -28,7 +28,13 @@ from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.sweep import RESULTS_FILE, read_results, threads_per_job, write_json_atomic
+from fmnist_lab.sweep import (
+    RESULTS_FILE,
+    flatten,
+    read_results,
+    threads_per_job,
+    write_json_atomic,
+)
 
 log = logging.getLogger("fmnist_lab")
 
@@ -84,21 +90,6 @@ class History(pl.Callback):
         self.epochs = list(state["epochs"])
         self.train_seconds = state["train_seconds"]
         self.train_images = state["train_images"]
-
-
-def _flat(cfg: DictConfig) -> dict[str, Any]:
-    """Dotted-key view of the run's config, for TensorBoard's HParams tab and the report."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
 
 
 def checkpoint_every_epoch(checkpoint_dir: Path) -> ModelCheckpoint:
@@ -174,7 +165,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     )
     final = history.epochs[-1] if history.epochs else {}
     logger.log_hyperparams(
-        {k: v for k, v in _flat(cfg).items() if v is not None},
+        {k: v for k, v in flatten(result["config"]).items() if v is not None},
         metrics={"hp/val_acc": final.get("val_acc", float("nan")),
                  "hp/test_acc": result["test_acc"] if result["test_acc"] is not None
                  else float("nan")},
