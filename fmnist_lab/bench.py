@@ -49,8 +49,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -59,7 +57,8 @@ from fmnist_lab.data import DataError, TensorBatches
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
-from fmnist_lab.train import History, build_datamodule, build_module, write_json_atomic
+from fmnist_lab.sweep import write_json_atomic
+from fmnist_lab.train import History, build_datamodule, build_module, build_trainer
 
 log = logging.getLogger("fmnist_lab")
 
@@ -128,13 +127,9 @@ class WindowCallback(pl.Callback):
 def time_lightning(cfg: DictConfig, window: Window, workdir: Path) -> None:
     """(a) A training run as `fmnist_lab.train.train` sets it up, stopped once timed."""
     datamodule, module = build_datamodule(cfg), build_module(cfg)
-    logger = TensorBoardLogger(save_dir=str(workdir), name="tensorboard", version="",
-                               default_hp_metric=False)
-    callbacks = [ModelCheckpoint(dirpath=workdir / "checkpoints", save_last=True, save_top_k=0),
-                 History(), WindowCallback(window)]
     # Runs until WindowCallback stops it.
-    trainer_args = {**cfg.trainer, "max_epochs": -1, "max_steps": -1, "limit_val_batches": 0}
-    trainer = pl.Trainer(**trainer_args, logger=logger, callbacks=callbacks)
+    trainer = build_trainer(cfg, workdir, [History(), WindowCallback(window)],
+                            max_epochs=-1, max_steps=-1, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
 
 

@@ -92,14 +92,19 @@ class History(pl.Callback):
         self.train_images = state["train_images"]
 
 
-def checkpoint_every_epoch(checkpoint_dir: Path) -> ModelCheckpoint:
-    """`last.ckpt` after every epoch: what an interrupted run resumes from.
-
-    (With save_top_k=0 Lightning writes last.ckpt only when fit ends, too late to resume.)
-    save_top_k=1 without a monitor keeps just the newest epoch file beside it.
-    """
-    return ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1,
-                           every_n_epochs=1)
+def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
+                  **trainer_args: Any) -> pl.Trainer:
+    """A run's Trainer: cfg.trainer (and `trainer_args` over it), TensorBoard events in
+    out_dir/tensorboard, and `last.ckpt` in out_dir/checkpoints after every epoch, which is
+    what an interrupted run resumes from. (With save_top_k=0 Lightning writes last.ckpt
+    only when fit ends, too late to resume; save_top_k=1 without a monitor keeps just the
+    newest epoch file beside it.)"""
+    logger = TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version="",
+                               default_hp_metric=False)
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
+                                 save_top_k=1, every_n_epochs=1)
+    return pl.Trainer(**{**cfg.trainer, **trainer_args}, logger=logger,
+                      callbacks=[checkpoint, *callbacks])
 
 
 def build_datamodule(cfg: DictConfig) -> FashionMNISTDataModule:
@@ -123,20 +128,13 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
 
-    checkpoint_dir = out_dir / "checkpoints"
-    last_checkpoint = checkpoint_dir / "last.ckpt"
+    last_checkpoint = out_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last_checkpoint) if last_checkpoint.exists() else None
     if resume_from:
         log.info("resuming from %s", resume_from)
 
     history = History()
-    logger = TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version="",
-                               default_hp_metric=False)
-    trainer = pl.Trainer(
-        **cfg.trainer,
-        logger=logger,
-        callbacks=[checkpoint_every_epoch(checkpoint_dir), history],
-    )
+    trainer = build_trainer(cfg, out_dir, [history])
     result: dict[str, Any] = {
         "status": "running",
         "model": type(module.net).name,
@@ -164,7 +162,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     final = history.epochs[-1] if history.epochs else {}
-    logger.log_hyperparams(
+    trainer.logger.log_hyperparams(
         {k: v for k, v in flatten(result["config"]).items() if v is not None},
         metrics={"hp/val_acc": final.get("val_acc", float("nan")),
                  "hp/test_acc": result["test_acc"] if result["test_acc"] is not None
