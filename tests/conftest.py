@@ -25,9 +25,15 @@ TINY = [
 ]
 
 
-def make_cfg(*overrides: str) -> DictConfig:
+def compose_config(config_name: str, *overrides: str, **kwargs) -> DictConfig:
+    """conf/<config_name>.yaml composed with `overrides`, as its command composes it."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *overrides])
+        return compose(config_name=config_name, overrides=list(overrides), **kwargs)
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """A training run's config: TINY, then `overrides`."""
+    return compose_config("config", *TINY, *overrides)
 
 
 @pytest.fixture

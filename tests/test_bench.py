@@ -6,22 +6,20 @@ import json
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from fmnist_lab import bench, data
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import build_datamodule, build_module, train
-from tests.conftest import CONF, TINY, make_cfg, run_cli
+from tests.conftest import TINY, compose_config, make_cfg, run_cli
 
 MLP = ("model=three_fc", "optimizer.lr=0.05", "trainer.max_epochs=2")
 CONV = ("model=three_conv", "optimizer.lr=0.05", "data.train_size=300")
 
 
 def bench_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="bench", overrides=[*TINY, *overrides])
+    return compose_config("bench", *TINY, *overrides)
 
 
 def checkpoint_keys(run_dir) -> list[str]:

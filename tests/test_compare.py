@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 
 from fmnist_lab.compare import (
     correlation_stats,
@@ -21,7 +20,7 @@ from fmnist_lab.compare import (
 )
 from fmnist_lab.models import MODELS
 from fmnist_lab.schema import ConfigError
-from tests.conftest import CONF, run_cli
+from tests.conftest import compose_config, run_cli
 
 TINY_COMPARE = [
     "data.train_size=50",
@@ -39,8 +38,7 @@ PNG_MAGIC = b"\x89PNG"
 
 
 def compare_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="compare", overrides=list(overrides))
+    return compose_config("compare", *overrides)
 
 
 # ---------------------------------------------------------------------------- linear CKA

@@ -91,13 +91,9 @@ def test_parallel_launchers_finish_a_two_job_sweep(tmp_path, launcher):
 
 
 def test_slurm_preset_composes(cfg_factory):
-    from hydra import compose, initialize_config_dir
+    from tests.conftest import compose_config
 
-    from tests.conftest import CONF
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"],
-                      return_hydra_config=True)
+    cfg = compose_config("config", "hydra/launcher=slurm", return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.cpus_per_task == 4
 
