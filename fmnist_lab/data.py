@@ -237,10 +237,8 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle_seed is None:
-            for start in range(0, n, self.batch_size):
-                yield self.images[start : start + self.batch_size], self.labels[
-                    start : start + self.batch_size
-                ]
+            yield from zip(self.images.split(self.batch_size),
+                           self.labels.split(self.batch_size), strict=True)
             return
         generator = torch.Generator().manual_seed(self.shuffle_seed())
         order = torch.randperm(n, generator=generator).to(self.labels.device)
@@ -251,7 +249,7 @@ class TensorBatches:
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
-class BatchGroup:
+class BatchGroup(TensorBatches):
     """Consecutive training batches handed to Lightning as one: the module runs them one by
     one, each with its own optimizer step (see `data.group_batches`).
 
@@ -268,15 +266,11 @@ class BatchGroup:
         batch_size: int,
         prepare: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.prepare = batch_size, prepare
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        super().__init__(images, labels, batch_size)
+        self.prepare = prepare
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in zip(self.images.split(self.batch_size),
-                                  self.labels.split(self.batch_size), strict=True):
+        for images, labels in super().__iter__():
             yield self.prepare(images), labels
 
 
