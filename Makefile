@@ -36,15 +36,21 @@ data: $(STAMP)
 train: setup
 	$(PY) -m fmnist_lab.train $(ARGS)
 
-# Every experiment of the study into one folder, then one report over all of it. A run that
-# fails does not stop the others; the exit code says so at the end. Re-running with the same
-# STUDY_DIR skips finished runs and resumes interrupted ones.
+# Every experiment of the study into one folder, one seed at a time (seed 0 of everything
+# first), then one report over all of it: STUDY_DIR/EXPERIMENT/seed_S/JOB. A configuration
+# and seed is trained once: the others reuse it (reuse_runs_in). A run that fails does not
+# stop the others; the exit code says so at the end. Re-running with the same STUDY_DIR
+# skips finished runs and resumes interrupted ones. The study trains in bf16-mixed: on CPUs
+# with bf16 instructions (and GPUs) nearly twice as fast as fp32 (README); PRECISION=32-true
+# where the CPU has none.
 #   make study SEEDS=0,1,2 ARGS="data.train_size=2000 trainer.max_epochs=2"
+PRECISION ?= bf16-mixed
 study: setup
-	@status=0; for e in $(EXPERIMENTS); do \
-	  $(PY) -m fmnist_lab.train -m experiment=$$e seed=$(SEEDS) hydra.sweep.dir=$(STUDY_DIR)/$$e \
+	@status=0; for s in $$(echo $(SEEDS) | tr , ' '); do for e in $(EXPERIMENTS); do \
+	  $(PY) -m fmnist_lab.train -m experiment=$$e seed=$$s trainer.precision=$(PRECISION) \
+	    hydra.sweep.dir=$(STUDY_DIR)/$$e/seed_$$s reuse_runs_in=$(STUDY_DIR) \
 	    $(ARGS) || status=1; \
-	done; \
+	done; done; \
 	$(PY) -m fmnist_lab.report $(STUDY_DIR) || status=1; \
 	exit $$status
 

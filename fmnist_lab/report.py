@@ -26,20 +26,16 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fmnist_lab.sweep import RESULTS_FILE, flatten
+from fmnist_lab.results import BOOKKEEPING, RESULTS_FILE, find_results, flatten
 
 COMPARE_FILE = "compare.md"
-# Config groups the user swaps by name (`model=three_fc`); shown by that name.
-GROUPS = ("model", "init", "transforms")
-# Keys that may differ between runs without changing what is learned: never "swept".
-BOOKKEEPING = {"seed", "data.root", "data.download", "num_threads", "trainer.enable_progress_bar",
-               "trainer.enable_model_summary", "trainer.log_every_n_steps"}
+# Config groups that say how a run was launched, not what it learned: never "swept".
+LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 # Shown under a table's heading when the same for all its runs: what the table held fixed.
 HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
               "data.batch_size", "data.train_size", "trainer.max_epochs")
@@ -98,54 +94,21 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def group_choice(result: dict[str, Any], group: str,
-                 model_names: dict[str, str] | None = None) -> str | None:
-    """The name a user chose for a config group: the override's, else read off the config.
-
-    `model_names` maps a model's `_target_` to its name, as other runs of it reported; a failed
-    run wrote no name of its own.
-    """
-    for override in result.get("overrides") or []:
-        key, _, value = str(override).lstrip("+~").partition("=")
-        if key == group and value:
-            return value
-    node = (result.get("config") or {}).get(group) or {}
-    names = model_names or {}
-    if group == "model" and (result.get("model") or node.get("_target_") in names):
-        return str(result.get("model") or names[node["_target_"]])
-    if group == "init" and "scheme" in node:
-        return str(node["scheme"])
-    target = str(node.get("_target_", ""))
-    if group == "transforms" and target.endswith(".Identity"):
-        return "standard"  # conf/transforms/standard.yaml: normalisation only
-    return target.rsplit(".", 1)[-1] or None
-
-
-def run_params(result: dict[str, Any], model_names: dict[str, str] | None = None
-               ) -> dict[str, Any]:
-    """Flattened config with each group named by its choice (`model`: `three_fc`)."""
+def run_params(result: dict[str, Any]) -> dict[str, Any]:
+    """Flattened config with each config group named by the user's choice (`model`:
+    `three_fc`), as train recorded it from Hydra."""
     params = flatten(result.get("config") or {})
-    for group in GROUPS:
-        params[group] = group_choice(result, group, model_names)
+    for group, choice in (result.get("choices") or {}).items():
+        if group not in LAUNCH_GROUPS:
+            params[group] = choice
     return params
 
 
 def load_runs(root: Path) -> list[Run]:
     """Every readable `results.json` below `root`, in sweep-job order."""
-    results = {}
-    for path in root.rglob(RESULTS_FILE):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"warning: skipping unreadable {path}: {e}", file=sys.stderr)
-            continue
-        # The networks fmnist_lab.compare trains for itself are not a sweep.
-        name = str((result.get("config") or {}).get("name", "")) if isinstance(result, dict) else ""
-        if isinstance(result, dict) and not name.startswith("compare-"):
-            results[path.parent] = result
-    model_names = {flatten(r.get("config") or {}).get("model._target_"): r["model"]
-                   for r in results.values() if r.get("model")}
-    runs = [Run(path, r, run_params(r, model_names)) for path, r in results.items()]
+    runs = [Run(path, result, run_params(result)) for path, result in find_results(root).items()
+            # The networks fmnist_lab.compare trains for itself are not a sweep.
+            if not str((result.get("config") or {}).get("name", "")).startswith("compare-")]
     return sorted(runs, key=_job_order)
 
 
@@ -221,12 +184,13 @@ def swept_keys(runs: list[Run]) -> list[str]:
     A group's own sub-keys (`transforms.degrees` of `transforms=rotation`) vary with the group
     choice; they are dropped when the choice alone determines them.
     """
+    groups = {g for r in runs for g in r.result.get("choices") or {}}
     all_keys = sorted({k for r in runs for k in r.params} - BOOKKEEPING)
     varying = [k for k in all_keys if len({_key(r.params.get(k)) for r in runs}) > 1]
 
     def determined_by_group(key: str) -> bool:
         group = key.split(".", 1)[0]
-        if group not in GROUPS or group not in varying or key == group:
+        if group not in groups or group not in varying or key == group:
             return False
         seen: dict[str, str] = {}
         return all(seen.setdefault(_key(r.params.get(group)), _key(r.params.get(key)))
@@ -689,8 +653,11 @@ def write_report(root: Path, log_y: bool = False) -> Report:
         raise ReportError(f"no {RESULTS_FILE} below {root} (run a sweep first: "
                           "python -m fmnist_lab.train -m experiment=NAME)")
     sweeps = group_sweeps(runs)
+    trained = sum(1 for r in runs if not r.result.get("reused_from"))
+    # No date and no absolute path: the same runs give the same report, byte for byte.
     md = ["# fmnist-lab report", "",
-          f"{len(runs)} runs below `{root}`, {datetime.now():%Y-%m-%d %H:%M}. Cells are mean ± "
+          f"{len(runs)} runs, {trained} of them trained ({len(runs) - trained} reuse a run of "
+          "the same config and seed from another experiment). Cells are mean ± "
           "sample std (ddof=1) over the n seeds that completed (a single number when n=1); "
           "accuracies in %; `ep 1` is the first epoch and `ep N` the last; seconds is the mean "
           "run time. Every run is listed in `results.csv`.", ""]

@@ -1,17 +1,16 @@
-"""Run results on disk, and the Hydra callbacks that make sweeps safe to leave for hours.
-
-- `results.json` is written atomically and read back by the resume logic, the callbacks and
-  the report, which also shares `flatten` (a config as dotted keys) with the HParams log.
+"""The Hydra callbacks that make sweeps safe to leave for hours, and their run names.
 
 - `CheckSweepConfigs` composes and checks every job's config before the first one trains, so
   a typo in the fifth value of a grid fails in a second, not after four finished runs.
+- `NameRunsByWhatVaries` names a sweep's run folders by the job number and the values that
+  differ between its jobs (`3_optimizer.lr=0.1,seed=1`): what all jobs share stays in
+  `.hydra/` and results.json, out of folder names and TensorBoard's run list.
 - `SweepSummary` counts the runs by status at the end and exits non-zero naming failed runs.
 - `threads_per_job` splits the machine's cores between jobs that run side by side.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,42 +20,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from fmnist_lab.results import read_statuses
 from fmnist_lab.schema import ConfigError, check_config
-
-RESULTS_FILE = "results.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json, or None when there is none (or it is not JSON)."""
-    try:
-        return json.loads((run_dir / RESULTS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys: {"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
 
 def grid_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of every job the basic sweeper will launch, as it computes them."""
@@ -65,6 +32,32 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     overrides = OverridesParser.create().parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def constant_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep sets to one value for all its jobs (command line or sweeper params)."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return sorted({o.key_or_group for o in overrides} - swept)
+
+
+class NameRunsByWhatVaries(Callback):
+    """Leave the overrides every job shares out of the run folders' names.
+
+    Each job's config is composed again from the sweep's `hydra.overrides.hydra`, so one more
+    override there reaches every job's `override_dirname`, whatever the launcher. The names
+    depend on the command alone: the same command finds the same folders and resumes.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
+        excluded += [k for k in constant_keys(config) if k not in excluded]
+        with read_write(config.hydra.overrides):
+            config.hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
 
 
 class CheckSweepConfigs(Callback):
@@ -93,19 +86,6 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
     if "submitit" in target.lower():
         return launcher.get("cpus_per_task") or None
     return None
-
-
-def read_statuses(sweep_dir: Path) -> dict[str, list[str]]:
-    """status -> the runs (by their overrides) found below `sweep_dir`."""
-    statuses: dict[str, list[str]] = {}
-    for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            result = {"status": "unreadable"}
-        name = " ".join(result.get("overrides", [])) or str(path.parent)
-        statuses.setdefault(result.get("status", "unknown"), []).append(name)
-    return statuses
 
 
 class SweepSummary(Callback):

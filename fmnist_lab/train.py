@@ -9,6 +9,7 @@ is skipped and an interrupted one resumes from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -27,18 +28,19 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
-from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.sweep import (
+from fmnist_lab.results import (
+    FINISHED,
     RESULTS_FILE,
+    find_trained_twin,
     flatten,
     read_results,
-    threads_per_job,
+    run_key,
     write_json_atomic,
 )
+from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.sweep import threads_per_job
 
 log = logging.getLogger("fmnist_lab")
-
-FINISHED = ("completed", "diverged")
 
 
 class History(pl.Callback):
@@ -119,8 +121,13 @@ def build_module(cfg: DictConfig) -> Classifier:
                       compile=cfg.compile)
 
 
-def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """Fit, test and write `results.json` into `out_dir`; returns what it wrote."""
+def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,
+          choices: dict[str, str] | None = None) -> dict:
+    """Fit, test and write `results.json` into `out_dir`; returns what it wrote.
+
+    `choices` are Hydra's config group choices (`{"model": "three_fc", ...}`), recorded so
+    that readers name a run's groups as the user did.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("num_threads"):
@@ -141,6 +148,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "num_params": num_params(module.net),
         "seed": cfg.seed,
         "overrides": list(overrides or []),
+        "choices": dict(choices or {}),
     }
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
@@ -161,6 +169,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         test_images=datamodule.num_images("test"),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    result["run_key"] = run_key(result["config"])
     final = history.epochs[-1] if history.epochs else {}
     trainer.logger.log_hyperparams(
         {k: v for k, v in flatten(result["config"]).items() if v is not None},
@@ -189,6 +198,8 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    choices = {group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
+               if not group.startswith("hydra/") and choice is not None}
     multirun = hydra_cfg.mode.name == "MULTIRUN"
 
     previous = read_results(out_dir)
@@ -200,14 +211,17 @@ def main(cfg: DictConfig) -> float | None:
         cfg.num_threads = threads_per_job(hydra_cfg)
     try:
         check_config(cfg)
-        result = train(cfg, out_dir, overrides)
+        reuse_root = cfg.reuse_runs_in or (hydra_cfg.sweep.dir if multirun else None)
+        result = reuse(cfg, out_dir, Path(reuse_root), overrides, choices) if reuse_root else None
+        if result is None:
+            result = train(cfg, out_dir, overrides, choices)
     except (ConfigError, DataError) as e:
         if multirun:
-            _record_failure(out_dir, cfg, overrides, e)
+            _record_failure(out_dir, cfg, overrides, choices, e)
         sys.exit(f"error: {e}")
     except Exception as e:
         # One run's bug must not take a sweep down: record it, go on, fail at the end.
-        _record_failure(out_dir, cfg, overrides, e)
+        _record_failure(out_dir, cfg, overrides, choices, e)
         (out_dir / "traceback.txt").write_text(traceback.format_exc())
         message = (f"error: run failed: {type(e).__name__}: {e} "
                    f"(traceback in {out_dir}/traceback.txt)")
@@ -219,17 +233,36 @@ def main(cfg: DictConfig) -> float | None:
     return _objective(result)
 
 
+def reuse(cfg: DictConfig, out_dir: Path, root: Path, overrides: list[str],
+          choices: dict[str, str]) -> dict | None:
+    """Where a run of the same config and seed finished below `root`, record its outcome
+    here as this run's (`reused_from` names it) instead of training again; else None."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    key = run_key(config)
+    twin = find_trained_twin(root, key, besides=out_dir)
+    if twin is None:
+        return None
+    folder, result = twin
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {**result, "overrides": overrides, "choices": choices, "config": config,
+              "run_key": key, "reused_from": os.path.relpath(folder, out_dir)}
+    write_json_atomic(out_dir / RESULTS_FILE, result)
+    print(f"reusing {folder}: the same config and seed already ran there")
+    return result
+
+
 def _objective(result: dict) -> float:
     history = result.get("history") or [{}]
     value = history[-1].get("val_acc")
     return float(value) if result["status"] == "completed" and value is not None else 0.0
 
 
-def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str], e: Exception) -> None:
+def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str],
+                    choices: dict[str, str], e: Exception) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RESULTS_FILE, {
         "status": "failed", "error": f"{type(e).__name__}: {e}", "seed": cfg.get("seed"),
-        "overrides": overrides,
+        "overrides": overrides, "choices": choices,
         "config": OmegaConf.to_container(cfg, resolve=False),
     })
 

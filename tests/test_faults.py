@@ -210,7 +210,7 @@ def test_results_json_is_never_half_written(tmp_path, cfg_factory, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fmnist_lab.sweep.os.replace", crash)
+    monkeypatch.setattr("fmnist_lab.results.os.replace", crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_factory("model=three_fc"), tmp_path)
     assert not (tmp_path / "results.json").exists()

@@ -39,7 +39,11 @@ def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
     config = copy.deepcopy(BASE_CONFIG)
     config["name"], config["seed"] = experiment, seed
     model = "two_conv_one_fc"
+    choices = {"data": "fashion_mnist", "model": model, "init": "default",
+               "transforms": "standard", "trainer": "default", "experiment": experiment}
     for key, value in swept.items():
+        if key in choices:
+            choices[key] = value
         if key == "model":
             model = value
             config["model"] = {"_target_": f"fmnist_lab.models.{MODELS[value][0]}"}
@@ -54,7 +58,7 @@ def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
     overrides += [f"experiment={experiment}", f"seed={seed}"]
     if status == "failed":
         return {"status": "failed", "error": "RuntimeError: boom", "seed": seed,
-                "overrides": overrides, "config": config}
+                "overrides": overrides, "choices": choices, "config": config}
     epochs = len(train_losses)
     history = [{"epoch": e + 1, "train_loss": loss, "train_acc": 0.5, "val_loss": loss + 0.1,
                 "val_acc": val_acc - 0.05 * (epochs - 1 - e), "seconds": 2.0}
@@ -63,7 +67,7 @@ def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
         history = history[:diverged_epoch]
         history[-1].update(train_loss=math.nan, val_loss=math.nan, val_acc=0.1)
     return {"status": status, "model": model, "num_params": MODELS[model][1], "seed": seed,
-            "overrides": overrides, "diverged_epoch": diverged_epoch, "history": history,
+            "overrides": overrides, "choices": choices, "diverged_epoch": diverged_epoch, "history": history,
             "test_loss": None if status == "diverged" else 0.3,
             "test_acc": None if status == "diverged" else test_acc, "device": "cpu",
             "train_images_per_second": 1000.0, "train_images": 550, "val_images": 50,
@@ -149,7 +153,7 @@ def test_groups_are_named_by_their_choice(tmp_path: Path):
     write_sweep(tmp_path / "architecture", [
         fake_result("architecture", {"model": m}, s) for m in ("two_conv_one_fc", "three_fc")
         for s in (0, 1)])
-    # The default `standard` has no override: named from its Identity target.
+    # The default `standard` has no override: named by the choice Hydra recorded.
     standard = fake_result("augmentation", {})
     write_sweep(tmp_path / "augmentation", [standard, fake_result("augmentation",
                                                                   {"transforms": "hflip"})])
