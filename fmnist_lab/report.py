@@ -45,6 +45,11 @@ STUDY_ORDER = ("architecture", "learning_rate", "batch_size", "weight_init", "au
 FOLD_KEY = "data.fold"
 # Spearman ρ at or above this over ≥ 4 folds is a climb (5 folds: p ≈ 0.04, one-sided).
 CLIMB_RHO = 0.9
+# A network that predicts one class scores 10 % on the stratified splits: a run whose
+# validation accuracy ends at or below this learned nothing, NaN or not.
+CHANCE_ACC = 0.11
+# The seed study's published numbers, shown beside ours where an experiment has them.
+SEED_NUMBERS = json.loads((Path(__file__).parent / "seed_study.json").read_text())
 
 
 class ReportError(Exception):
@@ -64,7 +69,19 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.result.get("status", "unknown"))
+        """As recorded, except that a completed run that ended at chance is "collapsed"."""
+        status = str(self.result.get("status", "unknown"))
+        return "collapsed" if status == "completed" and self.collapsed_epoch else status
+
+    @property
+    def collapsed_epoch(self) -> int | None:
+        """The epoch from which validation accuracy stayed at chance to the end, where that
+        is two epochs or more (after one epoch a slow start looks the same)."""
+        streak: list[int] = []
+        for entry in self.history:
+            acc = _finite(entry.get("val_acc"))
+            streak = streak + [entry.get("epoch")] if acc is None or acc <= CHANCE_ACC else []
+        return streak[0] if len(streak) >= 2 else None
 
     @property
     def experiment(self) -> str:
@@ -134,7 +151,8 @@ class Row:
 
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
+        """The runs that trained to the end: completed, or collapsed to chance."""
+        return [r for r in self.runs if r.status in ("completed", "collapsed")]
 
     def stat(self, key: str, last: bool) -> tuple[float | None, float | None, int]:
         """Mean, std (None below 2 seeds) and n of a metric over the completed runs."""
@@ -146,6 +164,11 @@ class Row:
     @property
     def diverged(self) -> bool:
         return any(r.status == "diverged" for r in self.runs)
+
+    @property
+    def contender(self) -> bool:
+        """Fit to be called best: no seed of it diverged or collapsed to chance."""
+        return all(r.status == "completed" for r in self.runs)
 
 
 @dataclass
@@ -251,9 +274,10 @@ def status_cell(row: Row) -> str:
     parts = []
     for status, count in counts.items():
         text = status if len(row.runs) == 1 else f"{count} {status}"
-        if status == "diverged":
-            epochs = sorted({r.result.get("diverged_epoch") for r in row.runs
-                             if r.status == "diverged"} - {None})
+        if status in ("diverged", "collapsed"):
+            epochs = sorted({r.result.get("diverged_epoch") if status == "diverged"
+                             else r.collapsed_epoch for r in row.runs if r.status == status}
+                            - {None})
             if epochs:
                 plural = "s" if len(epochs) > 1 else ""
                 text += f" (epoch{plural} {', '.join(map(str, epochs))})"
@@ -286,7 +310,7 @@ def metric_columns(sweep: Sweep, acc_name: str = "val acc") -> list[Column]:
 
     One-epoch runs get one column per metric: epoch 1 is their last.
     """
-    lengths = {len(r.history) for r in sweep.runs if r.status == "completed"}
+    lengths = {len(r.history) for r in sweep.runs if r.status in ("completed", "collapsed")}
     last = f"ep {lengths.pop()}" if len(lengths) == 1 else "last ep"
     epochs = [(False, "ep 1"), (True, last)] if last != "ep 1" else [(True, "ep 1")]
     columns = [Column(f"{name} {when}", key, is_last, scale, digits)
@@ -302,11 +326,28 @@ def _cells(stats: list[tuple[float | None, float | None, int]], columns: list[Co
             for (mean, std, _), c in zip(stats, columns, strict=True)]
 
 
+def seed_cell(sweep: Sweep, row: Row) -> str | None:
+    """The seed study's own numbers for this row, None where it has none for the sweep."""
+    numbers = SEED_NUMBERS.get(sweep.name) if len(sweep.keys) == 1 else None
+    if numbers is None:
+        return None
+    seed = numbers.get(row.label)
+    if seed is None:
+        return "—"
+    return (f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}, "
+            f"{seed['acc']:.2f} %")
+
+
+SEED_HEADER = "seed study: train loss ep 1 → ep 10, acc"
+
+
 def sweep_table(sweep: Sweep) -> str:
-    """The seed's Figures 6-10, one row per swept value, mean ± std over seeds."""
+    """The seed's Figures 6-10, one row per swept value, mean ± std over seeds, and the
+    seed's own numbers beside them where it has them."""
     columns = metric_columns(sweep)
+    with_seed = bool(sweep.rows) and seed_cell(sweep, sweep.rows[0]) is not None
     header = [", ".join(sweep.keys) or "run", "n", "status", "params",
-              *(c.header for c in columns), "seconds"]
+              *(c.header for c in columns), "seconds", *([SEED_HEADER] if with_seed else [])]
     rows = []
     for row in sweep.rows:
         params = next((r.result["num_params"] for r in row.runs if r.result.get("num_params")),
@@ -315,16 +356,18 @@ def sweep_table(sweep: Sweep) -> str:
         rows.append([row.label, str(len(row.completed)), status_cell(row),
                      f"{params:,}" if params else "—",
                      *_cells([c.stat(row) for c in columns], columns),
-                     "—" if seconds is None else f"{seconds:.1f}"])
+                     "—" if seconds is None else f"{seconds:.1f}",
+                     *([seed_cell(sweep, row)] if with_seed else [])])
     return _markdown_table(header, rows)
 
 
 def ranked_rows(sweep: Sweep) -> list[tuple[Row, float, float | None, int]]:
     """Rows with a last-epoch validation accuracy, best first, with its mean, std and n.
 
-    Validation, not test, accuracy: the test set stays out of choosing a value.
+    Validation, not test, accuracy: the test set stays out of choosing a value. A value that
+    diverged or collapsed for any seed is no contender.
     """
-    stats = [(row, *row.stat("val_acc", last=True)) for row in sweep.rows]
+    stats = [(row, *row.stat("val_acc", last=True)) for row in sweep.rows if row.contender]
     return sorted((s for s in stats if s[1] is not None), key=lambda s: -s[1])
 
 
@@ -332,7 +375,7 @@ def best_line(sweep: Sweep) -> str:
     """The best value, and whether its lead over the runner-up exceeds seed-to-seed noise."""
     ranked = ranked_rows(sweep)
     if not ranked:
-        return "No run completed with a validation accuracy: no best value."
+        return "No value completed every seed above chance: no best value."
     name = ", ".join(sweep.keys)
     best, m1, s1, n1 = ranked[0]
     head = (f"**Best by mean last-epoch validation accuracy:** {name} = `{best.label}`, "
@@ -381,14 +424,18 @@ def cross_validation_section(sweep: Sweep) -> str:
     for rest, rows in tables.items():
         if rest:
             parts.append(f"**{', '.join(sweep.keys[i] for i in others)} = {', '.join(rest)}**")
-        header = ["fold", "n", "status", *(c.header for c in columns)]
+        with_seed = not rest and seed_cell(sweep, rows[0]) is not None
+        header = ["fold", "n", "status", *(c.header for c in columns),
+                  *([SEED_HEADER] if with_seed else [])]
         per_fold = [[c.stat(r) for c in columns] for r in rows]
         body = [[format_value(r.values[fold_at]), str(len(r.completed)), status_cell(r),
-                 *_cells(stats, columns)] for r, stats in zip(rows, per_fold, strict=True)]
+                 *_cells(stats, columns), *([seed_cell(sweep, r)] if with_seed else [])]
+                for r, stats in zip(rows, per_fold, strict=True)]
         # The mean row is over folds: each fold counts once, whatever its number of seeds.
         summary = _cells([mean_std([fold[j][0] for fold in per_fold])
                           for j in range(len(columns))], columns)
-        body.append(["**mean ± std**", str(len(rows)), "over folds", *summary])
+        body.append(["**mean ± std**", str(len(rows)), "over folds", *summary,
+                     *([""] if with_seed else [])])
         parts += [_markdown_table(header, body), "", spread_line(rows, fold_at)]
     return "\n".join(parts)
 
@@ -432,6 +479,20 @@ def held_fixed_line(sweep: Sweep) -> str:
     seeds = sorted({r.result.get("seed") for r in runs if r.result.get("seed") is not None})
     return (f"{len(runs)} runs; held fixed: {', '.join(fixed) or 'nothing'}; "
             f"seeds: {', '.join(map(str, seeds)) or 'unknown'}.")
+
+
+def shared_lines(sweep: Sweep, root: Path, trained_in: dict[Path, str]) -> list[str]:
+    """Rows whose runs were trained once for another experiment and reused here."""
+    lines = []
+    for row in sweep.rows:
+        owners = [(r.path / r.result["reused_from"]).resolve() for r in row.runs
+                  if r.result.get("reused_from")]
+        if owners:
+            experiments = sorted({trained_in.get(p, "?") for p in owners})
+            lines.append(f"- `{row.label}` shares its {len(owners)} run(s) with "
+                         f"{', '.join(f'`{e}`' for e in experiments)} (same config and seed, "
+                         f"trained once): {', '.join(f'`{_relative(p, root)}`' for p in owners)}")
+    return lines
 
 
 def failed_lines(sweep: Sweep, root: Path) -> list[str]:
@@ -618,15 +679,17 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "sweep"
 
 
-def sweep_section(sweep: Sweep, root: Path, figure: Path) -> list[str]:
-    """One experiment's part of report.md: heading, table, verdict, failures, figure."""
+def sweep_section(sweep: Sweep, root: Path, figure: Path,
+                  trained_in: dict[Path, str]) -> list[str]:
+    """One experiment's part of report.md: heading, table, verdict, shared runs, failures,
+    figure. `trained_in` maps a run folder to the experiment that trained it."""
     md = [f"## {sweep.name}: {', '.join(sweep.keys) or 'single configuration'}", "",
           held_fixed_line(sweep), ""]
     if sweep.is_cross_validation:
         md += [cross_validation_section(sweep), ""]
     else:
         md += [sweep_table(sweep), "", best_line(sweep), ""]
-    return md + [*failed_lines(sweep, root), "",
+    return md + [*shared_lines(sweep, root, trained_in), *failed_lines(sweep, root), "",
                  f"![{sweep.name}: loss against epoch]({figure.name})", ""]
 
 
@@ -653,6 +716,7 @@ def write_report(root: Path, log_y: bool = False) -> Report:
         raise ReportError(f"no {RESULTS_FILE} below {root} (run a sweep first: "
                           "python -m fmnist_lab.train -m experiment=NAME)")
     sweeps = group_sweeps(runs)
+    trained_in = {r.path.resolve(): r.experiment for r in runs}
     trained = sum(1 for r in runs if not r.result.get("reused_from"))
     # No date and no absolute path: the same runs give the same report, byte for byte.
     md = ["# fmnist-lab report", "",
@@ -664,7 +728,7 @@ def write_report(root: Path, log_y: bool = False) -> Report:
     figures, summary = [], []
     for sweep in sweeps:
         figure = plot_losses(sweep, root / f"{_file_name(sweep.name)}_loss.png", log_y)
-        md += sweep_section(sweep, root, figure)
+        md += sweep_section(sweep, root, figure, trained_in)
         figures.append(figure)
         summary.append(summary_line(sweep))
     md += compare_sections(root)

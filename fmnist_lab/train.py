@@ -204,6 +204,13 @@ def main(cfg: DictConfig) -> float | None:
 
     previous = read_results(out_dir)
     if previous and previous.get("status") in FINISHED:
+        # Folder names leave out what all jobs share, so a rerun with another shared value
+        # (trainer.precision, say) reaches the same folder: only the same run is skipped.
+        key = run_key(OmegaConf.to_container(cfg, resolve=True))
+        if previous.get("run_key") not in (None, key):
+            sys.exit(f"error: {out_dir} holds a run of another config (run_key "
+                     f"{previous['run_key']}, this one {key}); give this sweep another "
+                     "hydra.sweep.dir, or rerun the command that made it")
         print(f"skipping {out_dir.name}: already {previous['status']}")
         return _objective(previous)
 

@@ -1,0 +1,108 @@
+"""The study: a configuration and seed trains once; its record regenerates its report exactly;
+a run that sat at chance is called collapsed, not completed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fmnist_lab.report import load_runs, write_report
+from fmnist_lab.results import read_results
+from tests.conftest import ROOT, TINY, run_cli
+from tests.test_report import fake_result, table, write_sweep
+
+STUDY = ROOT / "results" / "study"
+QUICK = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
+
+
+@pytest.mark.slow
+def test_a_config_and_seed_shared_by_two_sweeps_trains_once(tmp_path: Path):
+    first = run_cli("fmnist_lab.train", "-m", *QUICK, "name=lrs", "optimizer.lr=0.01,0.1",
+                    f"hydra.sweep.dir={tmp_path}/lrs", f"reuse_runs_in={tmp_path}")
+    assert first.returncode == 0, first.stderr
+    # data.batch_size=32 with lr 0.01 is the first sweep's job 0.
+    second = run_cli("fmnist_lab.train", "-m", *QUICK, "name=batches", "data.batch_size=32,64",
+                     f"hydra.sweep.dir={tmp_path}/batches", f"reuse_runs_in={tmp_path}")
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "batches").iterdir() if p.is_dir()) == [
+        "0_data.batch_size=32", "1_data.batch_size=64"]  # only what varies names a run
+
+    shared, trained = tmp_path / "batches/0_data.batch_size=32", tmp_path / "lrs/0_optimizer.lr=0.01"
+    result, original = read_results(shared), read_results(trained)
+    assert (shared / result["reused_from"]).resolve() == trained.resolve()
+    assert not (shared / "checkpoints").exists()  # nothing trained there
+    assert result["test_acc"] == original["test_acc"] and result["run_key"] == original["run_key"]
+    assert result["config"]["name"] == "batches"  # counted in its own experiment
+    assert result["choices"]["model"] == "three_fc"
+    assert "checkpoints" in {p.name for p in (tmp_path / "batches/1_data.batch_size=64").iterdir()}
+
+    md = write_report(tmp_path).markdown.read_text()
+    assert "4 runs, 3 of them trained" in md
+    assert "`32` shares its 1 run(s) with `lrs`" in md
+    assert len({r.result["run_key"] for r in load_runs(tmp_path)}) == 3
+
+    # The same command skips both; another shared value reaching the same folders refuses.
+    again = run_cli("fmnist_lab.train", "-m", *QUICK, "name=lrs", "optimizer.lr=0.01,0.1",
+                    f"hydra.sweep.dir={tmp_path}/lrs", f"reuse_runs_in={tmp_path}")
+    assert again.returncode == 0 and again.stdout.count("skipping") == 2
+    other = run_cli("fmnist_lab.train", "-m", *QUICK, "name=lrs", "optimizer.lr=0.01,0.1",
+                    "data.test_size=100", f"hydra.sweep.dir={tmp_path}/lrs")
+    assert other.returncode != 0
+    assert "holds a run of another config" in other.stderr and "Traceback" not in other.stderr
+    assert read_results(trained) == original
+
+
+def test_a_run_that_sits_at_chance_is_collapsed_and_never_best(tmp_path: Path):
+    at_chance = fake_result("learning_rate", {"optimizer.lr": 1}, train_losses=(2.4, 2.31, 2.303))
+    for entry in at_chance["history"]:
+        entry["val_acc"] = 0.1 if entry["epoch"] > 1 else 0.3
+    sweep = write_sweep(tmp_path, [
+        fake_result("learning_rate", {"optimizer.lr": 0.01}, val_acc=0.85),
+        fake_result("learning_rate", {"optimizer.lr": 0.1}, val_acc=0.5),
+        at_chance])
+    # A one-epoch run at chance is not judged: it may only be slow to start.
+    slow = fake_result("learning_rate", {"optimizer.lr": 0.001}, train_losses=(2.3,))
+    slow["history"][0]["val_acc"] = 0.1
+    write_sweep(tmp_path / "one_epoch", [slow])
+    md = write_report(sweep).markdown.read_text()
+    rows = table(md, "learning_rate")
+    assert rows["1"][2] == "collapsed (epoch 2)"
+    assert rows["0.001"][2] == "completed"
+    assert "optimizer.lr = `0.01`" in md  # best, though 0.1 also completed
+    csv_statuses = {line.split(",")[2] for line in (tmp_path / "results.csv").read_text()
+                    .splitlines()[1:]}
+    assert "collapsed" in csv_statuses
+
+
+def test_the_seed_study_numbers_stand_beside_ours(tmp_path: Path):
+    sweep = write_sweep(tmp_path, [fake_result("batch_size", {"data.batch_size": b})
+                                   for b in (64, 1024)])
+    rows = table(write_report(sweep).markdown.read_text(), "batch_size")
+    header = rows["header"]
+    seed_column = header.index("seed study: train loss ep 1 → ep 10, acc")
+    assert rows["64"][seed_column] == "0.6887 → 0.2440, 89.20 %"
+    assert rows["1024"][seed_column] == "—"  # a value the seed did not run
+
+
+def test_the_committed_study_regenerates_its_report_exactly(tmp_path: Path):
+    assert (STUDY / "report.md").is_file(), "results/study holds the study's record"
+    copy = tmp_path / "study"
+    shutil.copytree(STUDY, copy)
+    (copy / "report.md").unlink()
+    write_report(copy)
+    assert (copy / "report.md").read_text() == (STUDY / "report.md").read_text()
+
+
+def test_the_committed_study_trains_no_config_twice():
+    runs = [json.loads(p.read_text()) for p in STUDY.rglob("results.json")]
+    trained = [r["run_key"] for r in runs if not r.get("reused_from")]
+    assert trained and len(trained) == len(set(trained))
+    assert all(r["status"] in ("completed", "diverged") for r in runs)
+    # Full scale: all 55,000 (or 48,000 in 5-fold CV) training images, 10 epochs, SGD 0.9.
+    for r in runs:
+        assert r["train_images"] in (55_000, 48_000) and r["test_images"] == 10_000
+        assert r["config"]["trainer"]["max_epochs"] == 10
+        assert r["config"]["optimizer"]["momentum"] == 0.9
