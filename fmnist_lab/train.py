@@ -23,8 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 
+from fmnist_lab.dashboard import CURVES, EpochLogger, log_hparams
 from fmnist_lab.data import DataError, FashionMNISTDataModule
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
@@ -32,7 +32,6 @@ from fmnist_lab.results import (
     FINISHED,
     RESULTS_FILE,
     find_trained_twin,
-    flatten,
     read_results,
     run_key,
     write_json_atomic,
@@ -101,8 +100,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
     what an interrupted run resumes from. (With save_top_k=0 Lightning writes last.ckpt
     only when fit ends, too late to resume; save_top_k=1 without a monitor keeps just the
     newest epoch file beside it.)"""
-    logger = TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version="",
-                               default_hp_metric=False)
+    logger = EpochLogger(save_dir=str(out_dir), name="tensorboard", version="",
+                         default_hp_metric=False)
+    logger.experiment.add_custom_scalars(CURVES)  # first, so a run in progress has it too
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                  save_top_k=1, every_n_epochs=1)
     return pl.Trainer(**{**cfg.trainer, **trainer_args}, logger=logger,
@@ -170,13 +170,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     result["run_key"] = run_key(result["config"])
-    final = history.epochs[-1] if history.epochs else {}
-    trainer.logger.log_hyperparams(
-        {k: v for k, v in flatten(result["config"]).items() if v is not None},
-        metrics={"hp/val_acc": final.get("val_acc", float("nan")),
-                 "hp/test_acc": result["test_acc"] if result["test_acc"] is not None
-                 else float("nan")},
-    )
+    log_hparams(trainer.logger.experiment, result)
     write_json_atomic(out_dir / RESULTS_FILE, result)
     return result
 

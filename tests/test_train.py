@@ -52,7 +52,7 @@ def test_run_writes_tensorboard_events_and_a_checkpoint(tiny_run):
         acc = EventAccumulator(str(path))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/acc", "test/acc", "hp/val_acc"} <= tags
+    assert {"train/loss", "val/loss", "val/acc", "test/acc", "train/diverged"} <= tags
     assert (out / "checkpoints" / "last.ckpt").exists()
 
 
