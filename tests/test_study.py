@@ -30,7 +30,8 @@ def test_a_config_and_seed_shared_by_two_sweeps_trains_once(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "batches").iterdir() if p.is_dir()) == [
         "0_data.batch_size=32", "1_data.batch_size=64"]  # only what varies names a run
 
-    shared, trained = tmp_path / "batches/0_data.batch_size=32", tmp_path / "lrs/0_optimizer.lr=0.01"
+    shared = tmp_path / "batches/0_data.batch_size=32"
+    trained = tmp_path / "lrs/0_optimizer.lr=0.01"
     result, original = read_results(shared), read_results(trained)
     assert (shared / result["reused_from"]).resolve() == trained.resolve()
     assert not (shared / "checkpoints").exists()  # nothing trained there
