@@ -1,4 +1,4 @@
-"""What TensorBoard shows of a run (issue 14): its curves first, and its row in HParams.
+"""What TensorBoard shows of a run: its curves first, and its row in HParams.
 
 - `EpochLogger`: Lightning's TensorBoard logger with the epoch on the x axis (1, 2, ... as in
   results.json's history) instead of a chart of Lightning's epoch counter.
