@@ -57,12 +57,19 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys added to the config after runs were recorded, with the value that does what the code
+# did before they existed. At that value a key is left out of a run's identity, so a recorded
+# run (results/study) keeps matching the same configuration composed by newer code.
+IMPLIED: dict[str, Any] = {}
+
+
 def run_key(config: dict[str, Any]) -> str:
     """What identifies a trained run: its composed config, bookkeeping aside, and its seed.
 
     Two runs with the same key learn the same thing, whichever experiment launched them.
     """
-    identity = {k: v for k, v in flatten(config).items() if k not in BOOKKEEPING}
+    identity = {k: v for k, v in flatten(config).items()
+                if k not in BOOKKEEPING and not (k in IMPLIED and IMPLIED[k] == v)}
     identity["seed"] = config.get("seed")
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
