@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from fmnist_lab.report import load_runs, write_report
-from fmnist_lab.results import read_results
-from tests.conftest import ROOT, TINY, run_cli
+from fmnist_lab.results import read_results, run_key
+from tests.conftest import ROOT, TINY, compose_config, run_cli
 from tests.test_report import fake_result, table, write_sweep
 
 STUDY = ROOT / "results" / "study"
@@ -107,3 +108,14 @@ def test_the_committed_study_trains_no_config_twice():
         assert r["train_images"] in (55_000, 48_000) and r["test_images"] == 10_000
         assert r["config"]["trainer"]["max_epochs"] == 10
         assert r["config"]["optimizer"]["momentum"] == 0.9
+
+
+def test_the_current_code_composes_the_committed_runs_identically():
+    """`make study STUDY_DIR=results/study` must find every recorded run as the same run:
+    a config key added since then needs its implied value in results.IMPLIED."""
+    runs = [json.loads(p.read_text()) for p in STUDY.rglob("results.json")]
+    assert runs
+    for recorded in runs:
+        cfg = compose_config("config", *recorded["overrides"])
+        assert run_key(OmegaConf.to_container(cfg, resolve=True)) == recorded["run_key"], (
+            recorded["overrides"])
