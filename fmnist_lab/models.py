@@ -4,6 +4,15 @@ Every network is `features` (input -> last hidden layer, flattened) followed by 
 `classifier`, so the representation comparison can read the last hidden layer of any of
 them the same way. ReLU follows every hidden layer. Parameter counts are in SPEC §3 and
 checked by the tests.
+
+Regularisation (off by default, when the networks are exactly the seed's):
+- `norm="batch"`: batch norm after every hidden conv and linear layer, before its ReLU; those
+  layers drop their bias, which the norm's shift replaces.
+- `dropout=p`: dropout after every hidden linear layer, where the parameters and the
+  over-fitting are; ThreeConv has none, so it drops the flattened features before its
+  classifier. Convolutions are left alone: dropping single pixels of a feature map barely
+  regularises (neighbours carry the same signal).
+Either adds modules only when switched on, so the default networks' checkpoints keep their keys.
 """
 
 from __future__ import annotations
@@ -27,12 +36,31 @@ class StudyNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _conv(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+NORMS = ("none", "batch")
 
 
-def _fc(n_in: int, n_out: int) -> list[nn.Module]:
-    return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
+def _conv(c_in: int, c_out: int, norm: str = "none") -> list[nn.Module]:
+    if norm == "none":
+        return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def _dropout(p: float) -> list[nn.Module]:
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def _fc(n_in: int, n_out: int, norm: str = "none", dropout: float = 0.0) -> list[nn.Module]:
+    if norm == "none":
+        return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True), *_dropout(dropout)]
+    return [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out), nn.ReLU(inplace=True),
+            *_dropout(dropout)]
+
+
+def _check(norm: str, dropout: float) -> None:
+    if norm not in NORMS or not 0 <= dropout < 1:
+        raise ValueError(f"norm must be one of {NORMS} and dropout in [0, 1), "
+                         f"not {norm!r} and {dropout!r}")
 
 
 class TwoConvOneFC(StudyNet):
@@ -40,9 +68,11 @@ class TwoConvOneFC(StudyNet):
 
     name = "two_conv_one_fc"
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
+        _check(norm, dropout)
         features = nn.Sequential(
-            *_conv(1, 32), *_conv(32, 64), nn.MaxPool2d(2), nn.Flatten(), *_fc(64 * 14 * 14, 128)
+            *_conv(1, 32, norm), *_conv(32, 64, norm), nn.MaxPool2d(2), nn.Flatten(),
+            *_fc(64 * 14 * 14, 128, norm, dropout),
         )
         super().__init__(features, nn.Linear(128, num_classes))
 
@@ -52,9 +82,11 @@ class OneConvTwoFC(StudyNet):
 
     name = "one_conv_two_fc"
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
+        _check(norm, dropout)
         features = nn.Sequential(
-            *_conv(1, 32), nn.MaxPool2d(2), nn.Flatten(), *_fc(32 * 14 * 14, 64), *_fc(64, 128)
+            *_conv(1, 32, norm), nn.MaxPool2d(2), nn.Flatten(),
+            *_fc(32 * 14 * 14, 64, norm, dropout), *_fc(64, 128, norm, dropout),
         )
         super().__init__(features, nn.Linear(128, num_classes))
 
@@ -64,8 +96,12 @@ class ThreeFC(StudyNet):
 
     name = "three_fc"
 
-    def __init__(self, num_classes: int = 10) -> None:
-        features = nn.Sequential(nn.Flatten(), *_fc(28 * 28, 64), *_fc(64, 128), *_fc(128, 256))
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
+        _check(norm, dropout)
+        features = nn.Sequential(
+            nn.Flatten(), *_fc(28 * 28, 64, norm, dropout), *_fc(64, 128, norm, dropout),
+            *_fc(128, 256, norm, dropout),
+        )
         super().__init__(features, nn.Linear(256, num_classes))
 
 
@@ -80,10 +116,11 @@ class ThreeConv(StudyNet):
 
     name = "three_conv"
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
+        _check(norm, dropout)
         features = nn.Sequential(
-            *_conv(1, 32), *_conv(32, 64), nn.MaxPool2d(2), *_conv(64, 128), nn.MaxPool2d(2),
-            nn.Flatten(),
+            *_conv(1, 32, norm), *_conv(32, 64, norm), nn.MaxPool2d(2), *_conv(64, 128, norm),
+            nn.MaxPool2d(2), nn.Flatten(), *_dropout(dropout),
         )
         super().__init__(features, nn.Linear(128 * 7 * 7, num_classes))
 

@@ -60,7 +60,11 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Keys added to the config after runs were recorded, with the value that does what the code
 # did before they existed. At that value a key is left out of a run's identity, so a recorded
 # run (results/study) keeps matching the same configuration composed by newer code.
-IMPLIED: dict[str, Any] = {}
+IMPLIED: dict[str, Any] = {
+    # Regularisation in the networks (issue 13): off, as the seed's networks had none.
+    "model.dropout": 0.0,
+    "model.norm": "none",
+}
 
 
 def run_key(config: dict[str, Any]) -> str:

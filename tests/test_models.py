@@ -67,3 +67,41 @@ def test_default_init_is_pytorchs_own():
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     assert any(torch.count_nonzero(m.bias) > 0 for m in b.modules() if isinstance(m, nn.Conv2d))
+
+
+STUDY_NETS = ["two_conv_one_fc", "one_conv_two_fc", "three_fc", "three_conv"]
+# Batch norm adds a scale and a shift per hidden unit and drops that layer's bias.
+BATCH_NORM_PARAMS = {"two_conv_one_fc": 1_626_090, "one_conv_two_fc": 411_626,
+                     "three_fc": 94_602, "three_conv": 155_626}
+
+
+@pytest.mark.parametrize("name", STUDY_NETS)
+def test_batch_norm_precedes_every_hidden_relu(name):
+    net = MODELS[name](norm="batch")
+    assert num_params(net) == BATCH_NORM_PARAMS[name]
+    layers = list(net.features.modules())
+    norms = [i for i, m in enumerate(layers) if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    relus = [i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+    assert [i + 1 for i in norms] == relus  # each ReLU right after its norm
+    assert all(m.bias is None for m in layers[1:] if isinstance(m, nn.Conv2d | nn.Linear))
+    x = torch.randn(4, 1, 28, 28)
+    assert net(x).shape == (4, 10) and net.eval()(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("name", STUDY_NETS)
+def test_dropout_is_off_by_default_and_random_only_in_training(name):
+    assert not any(isinstance(m, nn.Dropout) for m in MODELS[name]().modules())
+    net = MODELS[name](dropout=0.5)
+    assert num_params(net) == EXPECTED_PARAMS[name]
+    hidden_fc = sum(isinstance(m, nn.Linear) for m in net.features.modules())
+    assert sum(isinstance(m, nn.Dropout) for m in net.modules()) == max(hidden_fc, 1)
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.equal(net.train()(x), net(x))
+    assert torch.equal(net.eval()(x), net(x))
+
+
+def test_unknown_norm_or_bad_dropout_is_refused():
+    with pytest.raises(ValueError, match="norm"):
+        MODELS["three_fc"](norm="layer")
+    with pytest.raises(ValueError, match="dropout"):
+        MODELS["three_fc"](dropout=1.0)
