@@ -1,4 +1,5 @@
-"""One LightningModule for every network: cross-entropy, SGD with momentum, accuracy.
+"""One LightningModule for every network: cross-entropy, the configured optimizer and
+schedule (conf/optimizer, conf/scheduler; SGD with momentum by default), accuracy.
 
 Speed matters here because a training step of the MLP takes about 1.5 ms on two CPU cores
 (less on a GPU), so per-step bookkeeping shows (issue 6, `python -m fmnist_lab.bench`):
@@ -29,9 +30,11 @@ Speed matters here because a training step of the MLP takes about 1.5 ms on two 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -124,9 +128,10 @@ class Classifier(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=0.01,
+                                                                  momentum=0.9),
+        scheduler: Callable[..., LRScheduler] | None = None,
+        label_smoothing: float = 0.0,
         divergence_check_every: int = 20,
         channels_last: bool = False,
         compile: bool = False,
@@ -140,7 +145,10 @@ class Classifier(pl.LightningModule):
             # checkpoint keys stay `net.*` and any run's checkpoint loads into any other.
             net.compile()
         self.net = net
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        # Partials from Hydra's instantiate (conf/optimizer, conf/scheduler): the parameters
+        # and the run's length are only known in configure_optimizers.
+        self.make_optimizer, self.make_scheduler = optimizer, scheduler
+        self.label_smoothing = label_smoothing
         self.divergence_check_every = divergence_check_every
         self.diverged_epoch: int | None = None
         self._logged_epoch: int | None = None
@@ -156,14 +164,27 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         # One fused kernel for all parameters instead of a few small ops per tensor: the
         # optimizer step takes half the time on the CPU (and fewer launches on a GPU).
         fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
-        return torch.optim.SGD(
-            self.parameters(), lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, fused=fused,
-        )
+        optimizer = self.make_optimizer(self.parameters(), fused=fused)
+        if self.make_scheduler is None:
+            return optimizer
+        # Manual optimization: Lightning keeps the scheduler (and its state in checkpoints,
+        # so a resumed run continues the schedule) but training_step steps it.
+        scheduler = self.make_scheduler(optimizer, total_steps=self.total_optimizer_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole fit: training batches a epoch x max_epochs, or
+        max_steps when that comes first. (Lightning's estimated_stepping_batches counts
+        its batches, here groups of data.group_batches batches.)"""
+        datamodule = self.trainer.datamodule
+        per_epoch = math.ceil(datamodule.num_images("train") / datamodule.batch_size)
+        total = per_epoch * self.trainer.max_epochs
+        max_steps = self.trainer.max_steps
+        return min(total, max_steps) if max_steps >= 0 else total
 
     def configure_callbacks(self) -> list[Callback]:
         # Only Lightning's own default bar is replaced; a bar a user passed in stays.
@@ -178,6 +199,7 @@ class Classifier(pl.LightningModule):
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_idx: int
     ) -> None:
         lightning_optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
         optimizer = lightning_optimizer.optimizer
         # Lightning's MixedPrecision plugin holds a GradScaler for 16-mixed (and applies
         # autocast around this whole method for 16- and bf16-mixed).
@@ -190,7 +212,7 @@ class Classifier(pl.LightningModule):
             if step == max_steps:  # max_steps counts optimizer steps, not groups
                 break
             logits = self.net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
             weighted_losses.append(loss.detach() * len(y))
             outputs.append(logits.detach())
             labels.append(y)
@@ -203,6 +225,8 @@ class Classifier(pl.LightningModule):
             lightning_optimizer._on_before_step()
             optimizer_step(loss, optimizer, scaler)
             lightning_optimizer._on_after_step()
+            if scheduler is not None:  # every optimizer step, as the schedule counts them
+                scheduler.step()
             step += 1
         if labels:
             with torch.no_grad():

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_lab.results import BOOKKEEPING, RESULTS_FILE, find_results, flatten
+from fmnist_lab.results import (
+    BOOKKEEPING,
+    IMPLIED,
+    IMPLIED_CHOICES,
+    RESULTS_FILE,
+    find_results,
+    flatten,
+)
 
 COMPARE_FILE = "compare.md"
 # Config groups that say how a run was launched, not what it learned: never "swept".
@@ -118,6 +125,10 @@ def run_params(result: dict[str, Any]) -> dict[str, Any]:
     for group, choice in (result.get("choices") or {}).items():
         if group not in LAUNCH_GROUPS:
             params[group] = choice
+    # A run recorded before a key or group existed did what its implied value does: the same
+    # value, so a sweep continued by newer code is not split by keys its old runs lack.
+    for key, value in {**IMPLIED, **IMPLIED_CHOICES}.items():
+        params.setdefault(key, value)
     return params
 
 

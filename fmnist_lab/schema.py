@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lab.data import COUNTS
+from fmnist_lab.models import NORMS
 
 
 class ConfigError(ValueError):
@@ -42,11 +43,22 @@ def int_at_least(low: int) -> Rule:
 BOOLEAN: Rule = (lambda v, c: isinstance(v, bool), "true or false")
 
 
+def fraction(v: Any) -> bool:
+    return is_number(v) and 0 <= v < 1
+
+
+def is_sgd(c: DictConfig) -> bool:
+    return str(OmegaConf.select(c, "optimizer._target_", default="")).endswith(".SGD")
+
+
 # key -> (test, what is allowed); a test sees the value and the whole config.
 RULES: dict[str, Rule] = {
     "seed": int_at_least(0),
     "optimizer.lr": (lambda v, c: is_number(v) and v > 0, "a number > 0"),
-    "optimizer.momentum": (lambda v, c: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.momentum": (
+        lambda v, c: (is_number(v) and 0 <= v < 1) if is_sgd(c) else v is None,
+        "a number in [0, 1) with optimizer=sgd, unset with other optimizers",
+    ),
     "optimizer.weight_decay": (lambda v, c: is_number(v) and v >= 0, "a number >= 0"),
     "data.batch_size": int_at_least(1),
     "data.eval_batch_size": int_at_least(1),
@@ -91,6 +103,18 @@ RULES: dict[str, Rule] = {
         "32-true, bf16-mixed or 16-mixed",
     ),
     "num_threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
+    # Regularisation and schedules (issue 13). resnet18 has neither model key: unset is fine.
+    "loss.label_smoothing": (lambda v, c: fraction(v), "a number in [0, 1)"),
+    "model.dropout": (lambda v, c: v is None or fraction(v), "a number in [0, 1)"),
+    "model.norm": (lambda v, c: v is None or v in NORMS, " or ".join(NORMS)),
+    "scheduler.warmup": (lambda v, c: v is None or fraction(v),
+                         "a fraction of the run's steps in [0, 1)"),
+    "scheduler.pct_start": (lambda v, c: v is None or (is_number(v) and 0 < v < 1),
+                            "a fraction of the run's steps in (0, 1)"),
+    "scheduler.milestones": (
+        lambda v, c: v is None or all(is_number(m) and 0 < m < 1 for m in v),
+        "a list of fractions of the run's steps in (0, 1)",
+    ),
 }
 
 
