@@ -99,3 +99,76 @@ class RandomRotation(nn.Module):
         return F.grid_sample(
             x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False
         )
+
+
+class RandomTranslate(nn.Module):
+    """Pad and crop: each image is shifted by whole pixels drawn from [-pad, pad] in each
+    direction, the uncovered border black (the background), as torchvision's
+    RandomCrop(28, padding=pad)."""
+
+    def __init__(self, pad: int = 2) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.pad
+        padded = F.pad(x, (p, p, p, p)).flatten(2)  # (B, C, (H+2p)(W+2p))
+        # Each image's crop as one gather over the flattened padded image.
+        dy, dx = torch.randint(0, 2 * p + 1, (2, b, 1, 1), device=x.device)
+        rows = dy + torch.arange(h, device=x.device).view(1, h, 1)
+        cols = dx + torch.arange(w, device=x.device).view(1, 1, w)
+        index = (rows * (w + 2 * p) + cols).view(b, 1, h * w).expand(b, c, h * w)
+        return padded.gather(2, index).view(b, c, h, w)
+
+
+class RandomErasing(nn.Module):
+    """torchvision's RandomErasing (Zhong et al. 2017): with probability p an image gets one
+    rectangle of `value` (0: black), its area a fraction of the image drawn from `scale`, its
+    aspect ratio log-uniform from `ratio`. Where torchvision retries a rectangle that does
+    not fit, this clamps its sides to the image: one draw per image, no loop."""
+
+    def __init__(self, p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> None:
+        super().__init__()
+        self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        area = _uniform(b, *self.scale, x) * (h * w)
+        aspect = _uniform(b, math.log(self.ratio[0]), math.log(self.ratio[1]), x).exp()
+        eh = (area * aspect).sqrt().round().clamp(1, h)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        top = (torch.rand(b, device=x.device) * (h - eh + 1)).floor().view(-1, 1, 1)
+        left = (torch.rand(b, device=x.device) * (w - ew + 1)).floor().view(-1, 1, 1)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((ys >= top) & (ys < top + eh.view(-1, 1, 1))
+                  & (xs >= left) & (xs < left + ew.view(-1, 1, 1)))
+        erase = (torch.rand(b, device=x.device) < self.p).view(-1, 1, 1)
+        return x.masked_fill((inside & erase).unsqueeze(1), self.value)
+
+
+class Combined(nn.Sequential):
+    """Several augmentations at once, each dialled by its own key, 0 leaving it out, in
+    torchvision's usual order (geometry, then intensity, then erasing last):
+
+    flip: probability of a left-right mirror; degrees: rotation range; translate: shift in
+    pixels (pad and crop); jitter: brightness and contrast strength; erase: probability of
+    erasing a rectangle. `transforms=combined transforms.translate=4` turns one dial.
+    """
+
+    def __init__(self, flip: float = 0.0, degrees: float = 0.0, translate: int = 0,
+                 jitter: float = 0.0, erase: float = 0.0) -> None:
+        parts: list[nn.Module] = []
+        if flip:
+            parts.append(RandomHorizontalFlip(flip))
+        if degrees:
+            parts.append(RandomRotation(degrees))
+        if translate:
+            parts.append(RandomTranslate(translate))
+        if jitter:
+            parts.append(ColorJitter(brightness=jitter, contrast=jitter))
+        if erase:
+            parts.append(RandomErasing(erase))
+        super().__init__(*parts)
