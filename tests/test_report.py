@@ -282,3 +282,47 @@ def test_real_sweep_end_to_end(tmp_path: Path):
     with (tmp_path / "results.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 5
     assert (tmp_path / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+# experiment=interaction: lr x batch size (issue 13).
+def interaction_results(best_lr: dict[int, float]) -> list[dict]:
+    """5 x 4 grid, 2 seeds; at each batch size `best_lr[size]` scores highest; lr 1 diverges."""
+    results = []
+    for size in (64, 128, 256, 512):
+        for lr in (0.0001, 0.001, 0.01, 0.1, 1.0):
+            for seed in (0, 1):
+                if lr == 1.0:
+                    results.append(fake_result("interaction", {"optimizer.lr": lr,
+                                   "data.batch_size": size}, seed, status="diverged",
+                                   diverged_epoch=1))
+                    continue
+                acc = 0.9 - 0.02 * abs(math.log10(lr / best_lr[size])) + size / 1e5
+                results.append(fake_result("interaction", {"optimizer.lr": lr,
+                               "data.batch_size": size}, seed, val_acc=acc + seed * 1e-4))
+    return results
+
+
+def test_interaction_heatmap_marks_the_best_cell_and_reads_the_scaling_rule(tmp_path):
+    rising = {64: 0.001, 128: 0.01, 256: 0.01, 512: 0.1}
+    report = write_report(write_sweep(tmp_path / "up", interaction_results(rising)))
+    md = report.markdown.read_text()
+    heatmap = tmp_path / "up" / "interaction_heatmap.png"
+    assert heatmap in report.figures and heatmap.stat().st_size > 10_000
+    assert "![interaction: validation accuracy by learning rate and batch size]" in md
+    assert ("**Best learning rate per batch size:** 64 → 0.001, 128 → 0.01, 256 → 0.01, "
+            "512 → 0.1; it rises with the batch size") in md
+    assert "data.batch_size, optimizer.lr = `512, 0.1`" in md or "`0.1, 512`" in md
+
+    flat = {64: 0.01, 128: 0.01, 256: 0.01, 512: 0.01}
+    md = write_report(write_sweep(tmp_path / "flat", interaction_results(flat))).markdown
+    assert "it does not move with the batch size" in md.read_text()
+    falling = {64: 0.1, 128: 0.01, 256: 0.01, 512: 0.001}
+    md = write_report(write_sweep(tmp_path / "down", interaction_results(falling))).markdown
+    assert "does not rise monotonically" in md.read_text()
+
+
+def test_a_one_factor_sweep_gets_no_heatmap(tmp_path):
+    results = [fake_result("learning_rate", {"optimizer.lr": lr}) for lr in (0.01, 0.1)]
+    report = write_report(write_sweep(tmp_path, results))
+    assert not list(tmp_path.glob("*_heatmap.png"))
+    assert "Best learning rate per batch size" not in report.markdown.read_text()
