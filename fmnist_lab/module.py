@@ -124,12 +124,15 @@ class ThrottledRichProgressBar(_Throttled, RichProgressBar):
 THROTTLED = {TQDMProgressBar: ThrottledTQDMProgressBar, RichProgressBar: ThrottledRichProgressBar}
 
 
+# The seed's optimizer, what conf/optimizer/sgd.yaml builds.
+SEED_SGD = partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=0.0)
+
+
 class Classifier(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=0.01,
-                                                                  momentum=0.9),
+        optimizer: Callable[..., torch.optim.Optimizer] = SEED_SGD,
         scheduler: Callable[..., LRScheduler] | None = None,
         label_smoothing: float = 0.0,
         divergence_check_every: int = 20,
@@ -174,7 +177,8 @@ class Classifier(pl.LightningModule):
         # Manual optimization: Lightning keeps the scheduler (and its state in checkpoints,
         # so a resumed run continues the schedule) but training_step steps it.
         scheduler = self.make_scheduler(optimizer, total_steps=self.total_optimizer_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def total_optimizer_steps(self) -> int:
         """Optimizer steps of the whole fit: training batches a epoch x max_epochs, or

@@ -780,7 +780,8 @@ def optuna_sections(root: Path) -> tuple[list[str], list[Path]]:
             params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
             md += [f"Best last-epoch validation accuracy {best.value * 100:.2f} % in trial "
                    f"{best.number}: {params}.", "", *_importance_lines(study), ""]
-            path = plot_parallel_coordinates(done, root / f"{prefix}optuna_parallel_coordinates.png")
+            path = root / f"{prefix}optuna_parallel_coordinates.png"
+            plot_parallel_coordinates(done, path)
             figures.append(path)
             md += [f"![optuna: trials in parallel coordinates]({path.name})", ""]
     return md, figures
