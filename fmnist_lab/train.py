@@ -37,6 +37,7 @@ from fmnist_lab.results import (
     run_key,
     write_json_atomic,
 )
+from fmnist_lab.runs import AtomicCheckpointIO, checkpoint_to_resume
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.sweep import threads_per_job
 
@@ -106,7 +107,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                  save_top_k=1, every_n_epochs=1)
     return pl.Trainer(**{**cfg.trainer, **trainer_args}, logger=logger,
-                      callbacks=[checkpoint, *callbacks])
+                      callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()])
 
 
 def build_datamodule(cfg: DictConfig) -> FashionMNISTDataModule:
@@ -135,8 +136,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
 
-    last_checkpoint = out_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last_checkpoint) if last_checkpoint.exists() else None
+    resume_from = checkpoint_to_resume(out_dir / "checkpoints")
     if resume_from:
         log.info("resuming from %s", resume_from)
 
