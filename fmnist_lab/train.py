@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -31,13 +32,20 @@ from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.results import (
     FINISHED,
     RESULTS_FILE,
+    find_results,
     find_trained_twin,
     flatten,
     read_results,
     run_key,
     write_json_atomic,
 )
-from fmnist_lab.runs import AtomicCheckpointIO, checkpoint_to_resume
+from fmnist_lab.runs import (
+    AtomicCheckpointIO,
+    Interrupted,
+    checkpoint_to_resume,
+    epochs_kept,
+    stop_on_signals,
+)
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.sweep import threads_per_job
 
@@ -193,14 +201,26 @@ def _summary(result: dict, out_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one run; returns its last validation accuracy (the objective of optuna sweeps)."""
+    """Train one run; returns its last validation accuracy (the objective of optuna sweeps).
+
+    Ctrl-C and SIGTERM stop it with what is kept and the command that resumes it.
+    """
     quiet_lightning()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+    try:
+        with stop_on_signals():
+            return _run(cfg, hydra_cfg, out_dir, multirun)
+    except Interrupted as stop:
+        print(_interrupted(stop, cfg, hydra_cfg, out_dir, multirun), file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     choices = {group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
                if not group.startswith("hydra/") and choice is not None}
-    multirun = hydra_cfg.mode.name == "MULTIRUN"
 
     previous = read_results(out_dir)
     if previous and previous.get("status") in FINISHED:
@@ -231,6 +251,37 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(_summary(result, out_dir))
     return _objective(result)
+
+
+def _interrupted(stop: Interrupted, cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path,
+                 multirun: bool) -> str:
+    """Where the run stopped, what is kept (what a rerun resumes from), the command that goes
+    on; for a sweep, a second line with the runs that finished."""
+    key, folder = (("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun
+                   else ("hydra.run.dir", out_dir))
+    args = sys.argv[1:]
+    if not any(arg.startswith(f"{key}=") for arg in args):
+        args.append(f"{key}={folder}")  # left out, the folder is a new one named by the time
+    command = (f"python -m fmnist_lab.train {shlex.join(args)}"
+               if Path(sys.argv[0]).resolve() == Path(__file__).resolve()
+               else f"the same command with {key}={folder}")  # a launcher's job process
+    checkpoints = out_dir / "checkpoints"
+    done, total = epochs_kept(checkpoints), cfg.trainer.max_epochs
+    if done == 0:
+        where = "before any epoch finished"
+    elif done >= total:
+        where = f"while testing: all {total} epochs are kept in {checkpoints}"
+    else:
+        epochs = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+        where = f"in epoch {done + 1} of {total}: {epochs} kept in {checkpoints}"
+    run = f" in run {out_dir.name}" if multirun else ""
+    message = f"interrupted by {stop}{run} {where}. To resume: {command}"
+    if multirun:
+        finished = [f"{path.name} ({result['status']})"
+                    for path, result in find_results(Path(folder)).items()
+                    if result.get("status") in FINISHED]
+        message += f"\nfinished runs in {folder}: {', '.join(finished) or 'none'}"
+    return message
 
 
 def reuse(cfg: DictConfig, out_dir: Path, root: Path, overrides: list[str],

@@ -1,15 +1,67 @@
-"""Faults that used to leave a run stuck, each caused for real: a damaged checkpoint."""
+"""Faults that used to leave a run stuck, each caused for real: a damaged checkpoint, Ctrl-C
+and SIGTERM sent to a training process."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fmnist_lab.train import train
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 QUICK = ["model=three_fc", "data.test_size=200", "num_threads=1"]
 FAST = [*TINY, *QUICK]
+# This checkout's code from any working folder, wherever the venv's editable install points.
+CODE = {"PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def start():
+    """start(args, log): `python -m fmnist_lab.train args` in the background as a terminal
+    starts it: its own process group, Ctrl-C not ignored (a script's background job inherits
+    SIG_IGN). Whatever still runs at the end of the test is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "fmnist_lab.train", *args], cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **CODE}, stdout=log.open("w"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, log: Path) -> Path:
+    """The first file below `folder` matching `pattern`, once `proc` has written it."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"exited {proc.returncode} first:\n{log.read_text()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern} after 300 s:\n{log.read_text()}")
+
+
+def resume_command(stderr: str) -> list[str]:
+    """The command an interrupted run printed, run with this interpreter."""
+    line = next(line for line in stderr.splitlines() if line.startswith("interrupted by"))
+    command = shlex.split(line.split("To resume: ")[1])
+    assert command[:3] == ["python", "-m", "fmnist_lab.train"]
+    return command[3:]
 
 
 def results(folder: Path) -> dict:
@@ -48,3 +100,51 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_rerun_goes_on(tmp_path, cfg_f
         assert "EOFError" in damaged_lines[0] and len(damaged_lines) == 2
         assert (checkpoints / f"{epoch_file.name}.damaged").exists()
         assert "resuming from" not in output  # started over
+
+
+# Both leave the run folder to Hydra's default, a new one named by the time: the command in
+# the message must name it, or rerunning it would start over in another folder.
+def test_ctrl_c_stops_a_run_with_what_is_kept_and_the_command_that_resumes(tmp_path, start):
+    args = [*FAST, "trainer.max_epochs=10"]
+    log = tmp_path / "first.log"
+    proc = start(args, log, cwd=tmp_path)
+    last = wait_for("outputs/runs/train/*/checkpoints/last.ckpt", tmp_path, proc, log)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if line.startswith("interrupted by")]
+    run_dir = last.parent.parent
+    kept = torch.load(last, weights_only=False)["epoch"] + 1
+    epochs = "epoch 1 is" if kept == 1 else f"epochs 1-{kept} are"
+    assert line.startswith(f"interrupted by SIGINT in epoch {kept + 1} of 10: {epochs} kept in "
+                           f"{run_dir / 'checkpoints'}. To resume: ")
+    assert resume_command(output) == [*args, f"hydra.run.dir={run_dir}"]
+
+    again = run_cli("fmnist_lab.train", *resume_command(output), cwd=tmp_path, env=CODE)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
+
+
+def test_sigterm_stops_a_sweep_naming_finished_runs_and_the_same_command_resumes(tmp_path, start):
+    args = ["-m", *FAST, "trainer.max_epochs=1,10"]
+    log = tmp_path / "first.log"
+    proc = start(args, log, cwd=tmp_path)
+    last = wait_for("outputs/multirun/train/*/1_*/checkpoints/last.ckpt", tmp_path, proc, log)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler does to preempt a job
+    assert proc.wait(timeout=120) == 143, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if line.startswith("interrupted by")]
+    run_dir = last.parent.parent
+    sweep = run_dir.parent.relative_to(tmp_path)
+    assert line.startswith("interrupted by SIGTERM in run 1_trainer.max_epochs=10 in epoch ")
+    assert f"finished runs in {sweep}: 0_trainer.max_epochs=1 (completed)" in output
+    assert resume_command(output) == [*args, f"hydra.sweep.dir={sweep}"]
+
+    again = run_cli("fmnist_lab.train", *resume_command(output), cwd=tmp_path, env=CODE)
+    assert again.returncode == 0, again.stderr
+    assert "skipping 0_trainer.max_epochs=1: already completed" in again.stdout
+    assert "resuming from" in again.stdout + again.stderr
+    assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
