@@ -4,6 +4,7 @@
   power cut or a full disk mid-write leaves the previous checkpoint, never half a file.
 - `checkpoint_to_resume` loads a run's checkpoints before it resumes from one, and sets a
   damaged one aside (renamed `*.damaged`, kept for a post-mortem) with one line.
+- `hold_run` lets one process at a time train in a run folder (`run.lock`: pid and host).
 - `stop_on_signals` turns Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) into
   `Interrupted`, which `fmnist_lab.train` reports with `epochs_kept` and the command that
   resumes the run.
@@ -11,10 +12,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +28,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 log = logging.getLogger("fmnist_lab")
+
+LOCK_FILE = "run.lock"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -69,6 +75,85 @@ def epochs_kept(folder: Path) -> int:
         return 0
     # mmap: the epoch without reading the weights. Lightning stores the last epoch's index.
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"] + 1
+
+
+class RunHeld(Exception):
+    """Another process holds the run folder."""
+
+
+def _this_process() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+
+def _gone(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether the lock's holder is known to have ended."""
+    if (holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"]
+            and holder.get("slurm_restart", 0) < me["slurm_restart"]):
+        return True  # an earlier attempt of this requeued SLURM job, maybe on another node
+    if holder.get("host") != me["host"]:
+        return False  # another machine's pids cannot be checked from here
+    if holder.get("pid") == me["pid"]:
+        return True  # a restarted container reuses pids: our own pid is no one else's
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+
+
+def _read(lock: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _take(lock: Path, me: dict[str, Any]) -> None:
+    tmp = lock.with_name(f".{lock.name}.{me['pid']}")
+    tmp.write_text(json.dumps(me) + "\n")
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, lock)  # creates the lock with its content, or fails if one exists
+                return
+            except FileExistsError:
+                pass
+            holder = _read(lock)  # {}: unreadable, so no process can be relying on it
+            if holder and not _gone(holder, me):
+                hint = "" if holder.get("host") == me["host"] else (
+                    f"; if no process there is running it, delete {lock}")
+                raise RunHeld(f"{lock.parent} is in use by {_describe(holder)}{hint}")
+            log.warning("taking over %s: %s is no longer running", lock,
+                        _describe(holder) if holder else "its process")
+            lock.unlink(missing_ok=True)
+        raise RunHeld(f"{lock.parent} was taken by another process just now")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def hold_run(folder: Path) -> Iterator[None]:
+    """Hold `folder` while inside; raises RunHeld naming the holder when a live process
+    holds it. A lock whose process has ended (killed: no clean-up) is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    me = _this_process()
+    _take(lock, me)
+    try:
+        yield
+    finally:
+        if _read(lock) == me:  # still ours
+            lock.unlink()
 
 
 class Interrupted(BaseException):

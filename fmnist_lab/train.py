@@ -42,8 +42,10 @@ from fmnist_lab.results import (
 from fmnist_lab.runs import (
     AtomicCheckpointIO,
     Interrupted,
+    RunHeld,
     checkpoint_to_resume,
     epochs_kept,
+    hold_run,
     stop_on_signals,
 )
 from fmnist_lab.schema import ConfigError, check_config
@@ -203,15 +205,21 @@ def _summary(result: dict, out_dir: Path) -> str:
 def main(cfg: DictConfig) -> float | None:
     """Train one run; returns its last validation accuracy (the objective of optuna sweeps).
 
-    Ctrl-C and SIGTERM stop it with what is kept and the command that resumes it.
+    One process at a time trains in a run folder: another one that reaches it stops (a
+    single run) or skips it (a sweep). Ctrl-C and SIGTERM stop with the command that resumes.
     """
     quiet_lightning()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode.name == "MULTIRUN"
     try:
-        with stop_on_signals():
+        with stop_on_signals(), hold_run(out_dir):
             return _run(cfg, hydra_cfg, out_dir, multirun)
+    except RunHeld as e:
+        if not multirun:
+            sys.exit(f"error: {e}")
+        print(f"skipping {out_dir.name}: {e}")
+        return None
     except Interrupted as stop:
         print(_interrupted(stop, cfg, hydra_cfg, out_dir, multirun), file=sys.stderr)
         sys.exit(stop.exit_code)

@@ -1,10 +1,12 @@
 """Faults that used to leave a run stuck, each caused for real: a damaged checkpoint, Ctrl-C
-and SIGTERM sent to a training process."""
+and SIGTERM sent to a training process, two processes on one run folder, a lock left by a
+killed process."""
 
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from fmnist_lab.runs import LOCK_FILE, RunHeld, hold_run
 from fmnist_lab.train import train
 from tests.conftest import ROOT, TINY, run_cli
 
 QUICK = ["model=three_fc", "data.test_size=200", "num_threads=1"]
 FAST = [*TINY, *QUICK]
+HOST = socket.gethostname()
 # This checkout's code from any working folder, wherever the venv's editable install points.
 CODE = {"PYTHONPATH": str(ROOT)}
 
@@ -120,6 +124,7 @@ def test_ctrl_c_stops_a_run_with_what_is_kept_and_the_command_that_resumes(tmp_p
     assert line.startswith(f"interrupted by SIGINT in epoch {kept + 1} of 10: {epochs} kept in "
                            f"{run_dir / 'checkpoints'}. To resume: ")
     assert resume_command(output) == [*args, f"hydra.run.dir={run_dir}"]
+    assert not (run_dir / LOCK_FILE).exists()
 
     again = run_cli("fmnist_lab.train", *resume_command(output), cwd=tmp_path, env=CODE)
     assert again.returncode == 0, again.stderr
@@ -148,3 +153,65 @@ def test_sigterm_stops_a_sweep_naming_finished_runs_and_the_same_command_resumes
     assert "skipping 0_trainer.max_epochs=1: already completed" in again.stdout
     assert "resuming from" in again.stdout + again.stderr
     assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
+
+
+def test_a_second_process_skips_a_held_run_in_a_sweep_and_refuses_it_alone(tmp_path, start):
+    sweep = ["-m", *FAST, "trainer.max_epochs=1000", f"hydra.sweep.dir={tmp_path}/sweep"]
+    holder = start(sweep, tmp_path / "holder.log")
+    lock = wait_for(f"sweep/*/{LOCK_FILE}", tmp_path, holder, tmp_path / "holder.log")
+    run_dir = lock.parent
+    held = f"{run_dir} is in use by pid {holder.pid} on {HOST} since "
+    # The same sweep started again, and a single run pointed at the held folder.
+    second = start(sweep, tmp_path / "second.log")
+    alone = run_cli("fmnist_lab.train", *FAST, f"hydra.run.dir={run_dir}")
+    assert alone.returncode != 0
+    assert alone.stderr.startswith(f"error: {held}"), alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+    second_log = tmp_path / "second.log"
+    assert second.wait(timeout=300) == 0, second_log.read_text()
+    assert f"skipping {run_dir.name}: {held}" in second_log.read_text(), second_log.read_text()
+    assert holder.poll() is None, (tmp_path / "holder.log").read_text()
+    assert not (run_dir / "results.json").exists()
+
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(timeout=120) == 143, (tmp_path / "holder.log").read_text()
+    assert not lock.exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, start):
+    args = [*FAST, "trainer.max_epochs=10", f"hydra.run.dir={tmp_path}/run"]
+    log = tmp_path / "killed.log"
+    killed = start(args, log)
+    wait_for("run/checkpoints/last.ckpt", tmp_path, killed, log)
+    os.killpg(killed.pid, signal.SIGKILL)  # no clean-up: the lock stays behind
+    killed.wait()
+    lock = tmp_path / "run" / LOCK_FILE
+    assert json.loads(lock.read_text())["pid"] == killed.pid
+
+    again = run_cli("fmnist_lab.train", *args)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    [line] = [line for line in output.splitlines() if "taking over" in line]
+    assert f"taking over {lock}: pid {killed.pid} on {HOST} since " in line
+    assert line.endswith("is no longer running")
+    assert "resuming from" in output
+    assert [e["epoch"] for e in results(tmp_path / "run")["history"]] == list(range(1, 11))
+    assert not lock.exists()
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_attempt(tmp_path, monkeypatch):
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(json.dumps({"pid": 4242, "host": "node-7", "since": "2026-01-01 00:00:00",
+                                "slurm_job": "77", "slurm_restart": 0}))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    # Another machine's process cannot be checked from here: the message says what to do.
+    with pytest.raises(RunHeld, match=f"in use by pid 4242 on node-7 .*; if no process there "
+                                      f"is running it, delete {lock}"):
+        with hold_run(tmp_path):
+            pass
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued: SLURM counts restarts
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with hold_run(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
