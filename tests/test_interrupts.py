@@ -1,6 +1,6 @@
 """Faults that used to leave a run stuck, each caused for real: a damaged checkpoint, Ctrl-C
 and SIGTERM sent to a training process, two processes on one run folder, a lock left by a
-killed process."""
+killed process, a preempted submitit job."""
 
 import json
 import os
@@ -215,3 +215,19 @@ def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_attempt(tmp_pat
     with hold_run(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes(tmp_path, start):
+    args = ["-m", "hydra/launcher=submitit_local", *FAST, "trainer.max_epochs=10",
+            f"hydra.sweep.dir={tmp_path}/sweep"]
+    log = tmp_path / "launcher.log"
+    launcher = start(args, log)
+    last = wait_for("sweep/*/checkpoints/last.ckpt", tmp_path, launcher, log)
+    run_dir = last.parent.parent
+    job = json.loads((run_dir / LOCK_FILE).read_text())["pid"]  # the job process trains
+    os.kill(job, signal.SIGUSR2)  # submitit's signal for a preemption or a near time limit
+    assert launcher.wait(timeout=300) == 0, log.read_text()
+    job_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "this job is preempted" in job_logs and "Requeued job" in job_logs
+    assert "resuming from" in job_logs
+    assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
