@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -31,10 +32,20 @@ from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.results import (
     FINISHED,
     RESULTS_FILE,
+    find_results,
     find_trained_twin,
     read_results,
     run_key,
     write_json_atomic,
+)
+from fmnist_lab.runs import (
+    AtomicCheckpointIO,
+    Interrupted,
+    RunHeld,
+    checkpoint_to_resume,
+    epochs_kept,
+    hold_run,
+    stop_on_signals,
 )
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.sweep import threads_per_job
@@ -106,7 +117,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                  save_top_k=1, every_n_epochs=1)
     return pl.Trainer(**{**cfg.trainer, **trainer_args}, logger=logger,
-                      callbacks=[checkpoint, *callbacks])
+                      callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()])
 
 
 def build_datamodule(cfg: DictConfig) -> FashionMNISTDataModule:
@@ -137,8 +148,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
 
-    last_checkpoint = out_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last_checkpoint) if last_checkpoint.exists() else None
+    resume_from = checkpoint_to_resume(out_dir / "checkpoints")
     if resume_from:
         log.info("resuming from %s", resume_from)
 
@@ -189,14 +199,32 @@ def _summary(result: dict, out_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one run; returns its last validation accuracy (the objective of optuna sweeps)."""
+    """Train one run; returns its last validation accuracy (the objective of optuna sweeps).
+
+    One process at a time trains in a run folder: another one that reaches it stops (a
+    single run) or skips it (a sweep). Ctrl-C and SIGTERM stop with the command that resumes.
+    """
     quiet_lightning()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+    try:
+        with stop_on_signals(), hold_run(out_dir):
+            return _run(cfg, hydra_cfg, out_dir, multirun)
+    except RunHeld as e:
+        if not multirun:
+            sys.exit(f"error: {e}")
+        print(f"skipping {out_dir.name}: {e}")
+        return None
+    except Interrupted as stop:
+        print(_interrupted(stop, cfg, hydra_cfg, out_dir, multirun), file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     choices = {group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
                if not group.startswith("hydra/") and choice is not None}
-    multirun = hydra_cfg.mode.name == "MULTIRUN"
 
     previous = read_results(out_dir)
     if previous and previous.get("status") in FINISHED:
@@ -234,6 +262,37 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(_summary(result, out_dir))
     return _objective(result)
+
+
+def _interrupted(stop: Interrupted, cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path,
+                 multirun: bool) -> str:
+    """Where the run stopped, what is kept (what a rerun resumes from), the command that goes
+    on; for a sweep, a second line with the runs that finished."""
+    key, folder = (("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun
+                   else ("hydra.run.dir", out_dir))
+    args = sys.argv[1:]
+    if not any(arg.startswith(f"{key}=") for arg in args):
+        args.append(f"{key}={folder}")  # left out, the folder is a new one named by the time
+    command = (f"python -m fmnist_lab.train {shlex.join(args)}"
+               if Path(sys.argv[0]).resolve() == Path(__file__).resolve()
+               else f"the same command with {key}={folder}")  # a launcher's job process
+    checkpoints = out_dir / "checkpoints"
+    done, total = epochs_kept(checkpoints), cfg.trainer.max_epochs
+    if done == 0:
+        where = "before any epoch finished"
+    elif done >= total:
+        where = f"while testing: all {total} epochs are kept in {checkpoints}"
+    else:
+        epochs = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+        where = f"in epoch {done + 1} of {total}: {epochs} kept in {checkpoints}"
+    run = f" in run {out_dir.name}" if multirun else ""
+    message = f"interrupted by {stop}{run} {where}. To resume: {command}"
+    if multirun:
+        finished = [f"{path.name} ({result['status']})"
+                    for path, result in find_results(Path(folder)).items()
+                    if result.get("status") in FINISHED]
+        message += f"\nfinished runs in {folder}: {', '.join(finished) or 'none'}"
+    return message
 
 
 def reuse(cfg: DictConfig, out_dir: Path, root: Path, overrides: list[str],

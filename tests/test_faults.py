@@ -207,8 +207,12 @@ def test_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
 
 def test_results_json_is_never_half_written(tmp_path, cfg_factory, monkeypatch):
     # A crash while writing (simulated at the rename) leaves no results.json at all.
-    def crash(*args):
-        raise KeyboardInterrupt
+    replace = os.replace
+
+    def crash(src, dst):
+        if os.path.basename(dst) == "results.json":  # checkpoints are renamed into place too
+            raise KeyboardInterrupt
+        replace(src, dst)
 
     monkeypatch.setattr("fmnist_lab.results.os.replace", crash)
     with pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,195 @@
+"""What keeps a run folder usable after a fault: rerunning the same command always goes on.
+
+- `AtomicCheckpointIO` writes checkpoints beside their final name, then renames them: a
+  power cut or a full disk mid-write leaves the previous checkpoint, never half a file.
+- `checkpoint_to_resume` loads a run's checkpoints before it resumes from one, and sets a
+  damaged one aside (renamed `*.damaged`, kept for a post-mortem) with one line.
+- `hold_run` lets one process at a time train in a run folder (`run.lock`: pid and host).
+- `stop_on_signals` turns Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) into
+  `Interrupted`, which `fmnist_lab.train` reports with `epochs_kept` and the command that
+  resumes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger("fmnist_lab")
+
+LOCK_FILE = "run.lock"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's own save writes to a temporary file in the system's temp folder and moves
+    it over the checkpoint: a copy, not a rename, when that folder is on another disk. Here
+    the temporary file sits beside the checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut can undo it
+        os.replace(tmp, path)
+
+
+def checkpoint_to_resume(folder: Path) -> Path | None:
+    """The newest checkpoint in `folder` that loads: last.ckpt, else the `epoch=*.ckpt`
+    that ModelCheckpoint keeps beside it; None when there is none (the run starts over)."""
+    epoch_files = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+    for path in [folder / "last.ckpt", *epoch_files]:
+        if not path.is_file():
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+            return path
+        except Exception as e:  # whatever fails to load cannot be resumed from
+            damaged = path.with_name(path.name + ".damaged")
+            os.replace(path, damaged)
+            reason = f"{type(e).__name__}: {str(e).split('. ')[0]}"  # torch adds a paragraph
+            log.warning("%s is damaged (%s): set aside as %s", path, reason, damaged.name)
+    return None
+
+
+def epochs_kept(folder: Path) -> int:
+    """Epochs finished in the checkpoint a rerun would resume from; 0 when there is none."""
+    path = checkpoint_to_resume(folder)
+    if path is None:
+        return 0
+    # mmap: the epoch without reading the weights. Lightning stores the last epoch's index.
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"] + 1
+
+
+class RunHeld(Exception):
+    """Another process holds the run folder."""
+
+
+def _this_process() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+
+def _gone(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether the lock's holder is known to have ended."""
+    if (holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"]
+            and holder.get("slurm_restart", 0) < me["slurm_restart"]):
+        return True  # an earlier attempt of this requeued SLURM job, maybe on another node
+    if holder.get("host") != me["host"]:
+        return False  # another machine's pids cannot be checked from here
+    if holder.get("pid") == me["pid"]:
+        return True  # a restarted container reuses pids: our own pid is no one else's
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+
+
+def _read(lock: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _take(lock: Path, me: dict[str, Any]) -> None:
+    tmp = lock.with_name(f".{lock.name}.{me['pid']}")
+    tmp.write_text(json.dumps(me) + "\n")
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, lock)  # creates the lock with its content, or fails if one exists
+                return
+            except FileExistsError:
+                pass
+            holder = _read(lock)  # {}: unreadable, so no process can be relying on it
+            if holder and not _gone(holder, me):
+                hint = "" if holder.get("host") == me["host"] else (
+                    f"; if no process there is running it, delete {lock}")
+                raise RunHeld(f"{lock.parent} is in use by {_describe(holder)}{hint}")
+            log.warning("taking over %s: %s is no longer running", lock,
+                        _describe(holder) if holder else "its process")
+            lock.unlink(missing_ok=True)
+        raise RunHeld(f"{lock.parent} was taken by another process just now")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def hold_run(folder: Path) -> Iterator[None]:
+    """Hold `folder` while inside; raises RunHeld naming the holder when a live process
+    holds it. A lock whose process has ended (killed: no clean-up) is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    me = _this_process()
+    _take(lock, me)
+    try:
+        yield
+    finally:
+        if _read(lock) == me:  # still ours
+            lock.unlink()
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. A BaseException, so no `except Exception` records it as a failed
+    run; not a KeyboardInterrupt, which Lightning turns into a silent exit(1)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process the signal killed
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Raise Interrupted on SIGINT and SIGTERM while inside. A signal someone else handles
+    (submitit's requeue handlers) or ignores (a background job's SIGINT) is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not raised:  # once: a second Ctrl-C must not break the clean-up of the first
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    previous = {}
+    for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
