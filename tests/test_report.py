@@ -6,13 +6,15 @@ import copy
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fmnist_lab.report import spearman, use_log_scale, write_report
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What train.py resolves, cut to the keys the report reads.
@@ -252,6 +254,35 @@ def test_compare_md_becomes_a_section(lr_sweep: Path):
     assert "\n## Comparison\n\nFrom `compare_run/compare.md`.\n" in md  # # -> ## for the report
     assert "CKA 0.71" in md
     assert "### Heatmaps" in md and "![heatmap](compare_run/corr.png)" in md
+
+
+# Run in a fresh interpreter where importing any of these fails, as where they are not
+# installed: the report must still read a study and write its tables and figures.
+WITHOUT_TORCH = """
+import runpy, sys
+
+BLOCKED = {"torch", "torchvision", "torchmetrics", "pytorch_lightning", "lightning",
+           "lightning_fabric", "hydra", "omegaconf"}
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["report", sys.argv[1]]
+runpy.run_module("fmnist_lab.report", run_name="__main__")
+"""
+
+
+def test_report_runs_where_torch_is_not_installed(lr_sweep: Path):
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(lr_sweep)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "blocked" not in proc.stderr
+    assert table((lr_sweep / "report.md").read_text(), "learning_rate")["header"]
+    assert (lr_sweep / "results.csv").is_file()
+    assert (lr_sweep / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
