@@ -117,8 +117,8 @@ def build_module(cfg: DictConfig) -> Classifier:
     """The network, initialised from `seed` alone: every fold and resume starts the same."""
     pl.seed_everything(cfg.seed, verbose=False)
     net = init_weights(instantiate(cfg.model), cfg.init.scheme)
-    return Classifier(net, **cfg.optimizer, channels_last=cfg.data.channels_last,
-                      compile=cfg.compile)
+    return Classifier(net, **cfg.optimizer, divergence_check_every=cfg.divergence_check_every,
+                      channels_last=cfg.data.channels_last, compile=cfg.compile)
 
 
 def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,

@@ -42,6 +42,13 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
          "trainer.gradient_clip_val=1.0 is not allowed: unset: the module steps the optimizer"),
         (["+trainer.accumulate_grad_batches=4"],
          "trainer.accumulate_grad_batches=4 is not allowed: 1: each batch is its own"),
+        (["divergence_check_every=0"], "divergence_check_every=0 is not allowed: an integer >= 1"),
+        (["+optimizer.nesterov=true"], "optimizer.nesterov=True is not allowed: no such key; "
+                                       "optimizer takes lr, momentum, weight_decay"),
+        (["+optimizer.divergence_check_every=5"],
+         "optimizer.divergence_check_every=5 is not allowed: no such key; optimizer takes"),
+        (["+data.shuffle=false"], "data.shuffle=False is not allowed: no such key; data takes "
+                                  "root, download, batch_size,"),
     ],
 )
 def test_every_rule_names_key_value_and_what_is_allowed(cfg_factory, overrides, message):
@@ -62,6 +69,7 @@ def test_the_default_config_passes(cfg_factory):
         ("data.batch_size=abc", "error: data.batch_size='abc' is not allowed: an integer >= 1"),
         ("data.num_folds=5 data.fold=5", "error: data.fold=5 is not allowed"),
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is not allowed"),
+        ("+optimizer.nesterov=true", "error: optimizer.nesterov=True is not allowed: no such key"),
     ],
 )
 def test_bad_values_stop_before_training(tmp_path, override, message):

@@ -99,6 +99,17 @@ def test_max_steps_counts_optimizer_steps_inside_a_group(tmp_path, cfg_factory):
     assert _global_step(tmp_path) == 6
 
 
+@pytest.mark.parametrize(("every", "steps"), [(1, range(1, 18)), (1000, [18])])
+def test_divergence_is_caught_within_divergence_check_every_steps(tmp_path, cfg_factory,
+                                                                   every, steps):
+    # lr 10 makes the loss non-finite within a few of the epoch's 18 steps: checked every
+    # step, the run stops there; checked every 1000, at the epoch's end.
+    result = train(cfg_factory("model=three_fc", "optimizer.lr=10",
+                               f"divergence_check_every={every}"), tmp_path)
+    assert result["status"] == "diverged" and result["diverged_epoch"] == 1
+    assert _global_step(tmp_path) in steps
+
+
 def test_conv_net_trains_with_every_augmentation(tmp_path, cfg_factory):
     for t in ("hflip", "color_jitter"):
         result = train(cfg_factory("model=three_conv", f"transforms={t}", "init=kaiming_normal",
