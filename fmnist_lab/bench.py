@@ -56,8 +56,8 @@ from torch.utils.data import DataLoader, Dataset
 from fmnist_lab.data import DataError, TensorBatches
 from fmnist_lab.models import init_weights, num_params
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
-from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
 from fmnist_lab.results import write_json_atomic
+from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
 from fmnist_lab.train import History, build_datamodule, build_module, build_trainer
 
 log = logging.getLogger("fmnist_lab")

@@ -37,8 +37,8 @@ from torch import nn
 from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
 from fmnist_lab.models import MODELS, StudyNet
 from fmnist_lab.module import quiet_lightning
-from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
+from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
 from fmnist_lab.transforms import normalize, to_unit_float
 
 matplotlib.use("Agg")  # files only: runs on machines without a display

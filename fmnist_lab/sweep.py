@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from fmnist_lab.results import read_statuses
 from fmnist_lab.schema import ConfigError, check_config
 
+
 def grid_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of every job the basic sweeper will launch, as it computes them."""
     params = config.hydra.sweeper.get("params") or {}

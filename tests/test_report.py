@@ -69,7 +69,8 @@ def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
         history = history[:diverged_epoch]
         history[-1].update(train_loss=math.nan, val_loss=math.nan, val_acc=0.1)
     return {"status": status, "model": model, "num_params": MODELS[model][1], "seed": seed,
-            "overrides": overrides, "choices": choices, "diverged_epoch": diverged_epoch, "history": history,
+            "overrides": overrides, "choices": choices, "diverged_epoch": diverged_epoch,
+            "history": history,
             "test_loss": None if status == "diverged" else 0.3,
             "test_acc": None if status == "diverged" else test_acc, "device": "cpu",
             "train_images_per_second": 1000.0, "train_images": 550, "val_images": 50,
