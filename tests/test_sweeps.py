@@ -61,8 +61,9 @@ def test_experiment_grids_declare_the_seeds_values(cfg_factory):
     }
     conf = Path(__file__).resolve().parents[1] / "conf" / "experiment"
     for name, grid in expected.items():
-        params = OmegaConf.load(conf / f"{name}.yaml").hydra.sweeper.params
-        assert str(params[GRIDS[name][0]]) == grid
+        experiment = OmegaConf.load(conf / f"{name}.yaml")
+        assert str(experiment.hydra.sweeper.params[GRIDS[name][0]]) == grid
+        assert experiment.hydra.mode == "MULTIRUN"  # a sweep without -m
 
 
 def test_sweep_over_seeds_combines_with_an_experiment(tmp_path):
