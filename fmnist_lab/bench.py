@@ -54,7 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fmnist_lab.data import DataError, TensorBatches
-from fmnist_lab.models import init_weights, num_params
+from fmnist_lab.models import init_weights, model_config, model_names, num_params, study_models
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
@@ -62,8 +62,6 @@ from fmnist_lab.train import History, build_datamodule, build_module, build_trai
 
 log = logging.getLogger("fmnist_lab")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-STUDY_MODELS = ("two_conv_one_fc", "one_conv_two_fc", "three_fc", "three_conv")
 METHODS = ("lightning", "bare", "raw", "seed")
 RESULTS_FILE = "bench.json"
 # Issue 6's targets on the CPU: the MLP at least 10x the seed-style pipeline, and every
@@ -291,11 +289,11 @@ def check_bench(cfg: DictConfig) -> None:
 
 def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """bench.models, else the network named with `model=`, else the four study networks."""
-    available = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    available = model_names()
     models = cfg.bench.models
     if models is None:
         named = [o.split("=", 1)[1] for o in overrides if o.startswith("model=")]
-        models = named or list(STUDY_MODELS)
+        models = named or study_models()
     elif not OmegaConf.is_list(models):
         models = [models]
     for name in models:
@@ -307,7 +305,7 @@ def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
 def with_model(cfg: DictConfig, name: str) -> DictConfig:
     run_cfg = copy.deepcopy(cfg)
     with open_dict(run_cfg):
-        run_cfg.model = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+        run_cfg.model = model_config(name)
     return run_cfg
 
 

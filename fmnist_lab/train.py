@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fmnist_lab.data import DataError, FashionMNISTDataModule
-from fmnist_lab.models import init_weights, num_params
+from fmnist_lab.models import init_weights, model_name, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.results import (
     FINISHED,
@@ -144,7 +144,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     trainer = build_trainer(cfg, out_dir, [history])
     result: dict[str, Any] = {
         "status": "running",
-        "model": type(module.net).name,
+        "model": (choices or {}).get("model") or model_name(cfg.model),
         "num_params": num_params(module.net),
         "seed": cfg.seed,
         "overrides": list(overrides or []),

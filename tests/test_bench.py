@@ -10,6 +10,7 @@ from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from fmnist_lab import bench, data
+from fmnist_lab.models import study_models
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import build_datamodule, build_module, train
 from tests.conftest import TINY, compose_config, make_cfg, run_cli
@@ -167,7 +168,7 @@ def test_seed_style_transforms_are_torchvisions_per_image(transforms, first):
 
 
 def test_bench_models_and_settings_are_checked():
-    assert bench.bench_models(bench_cfg(), []) == list(bench.STUDY_MODELS)
+    assert bench.bench_models(bench_cfg(), []) == study_models()
     assert bench.bench_models(bench_cfg("model=three_fc"), ["model=three_fc"]) == ["three_fc"]
     with pytest.raises(ConfigError, match="bench.models"):
         bench.bench_models(bench_cfg("bench.models=[three_fc,nope]"), [])

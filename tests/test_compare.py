@@ -18,7 +18,7 @@ from fmnist_lab.compare import (
     recognise_model,
     run_compare,
 )
-from fmnist_lab.models import MODELS
+from fmnist_lab.models import build_model, model_names
 from fmnist_lab.schema import ConfigError
 from tests.conftest import compose_config, run_cli
 
@@ -118,14 +118,14 @@ def test_dead_units_are_left_out_and_counted_never_nan():
 # ---------------------------------------------------------------------------- loading
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", model_names())
 def test_every_network_is_recognised_from_its_weights(name):
-    assert recognise_model(MODELS[name]().state_dict()) == name
+    assert recognise_model(build_model(name).state_dict()) == name
 
 
 def test_a_checkpoint_of_another_network_than_named_is_a_config_error(tmp_path):
     path = tmp_path / "three_fc.pt"
-    torch.save(MODELS["three_fc"]().state_dict(), path)
+    torch.save(build_model("three_fc").state_dict(), path)
     assert load_study_net(path, "compare.candidate", None)[1] == "three_fc"
     with pytest.raises(ConfigError, match="holds a three_fc"):
         load_study_net(path, "compare.candidate", "two_conv_one_fc")
