@@ -6,8 +6,8 @@
     off: it is not training, and by default the timed steps end inside the first epoch.
 (a0) bare: plain Lightning: a minimal LightningModule (the same network, cross-entropy and
     optimizer, no metrics) taking one batch per training step through the same Trainer and
-    data module, with no logger, checkpoint or progress bar. Lightning's loop around each
-    batch costs about 1 ms on a CPU; (a) hands it groups of `data.group_batches` batches.
+    data module, with no logger, checkpoint or progress bar: what (a)'s groups of
+    `data.group_batches` batches save.
 (b) raw: a plain PyTorch loop over the same device tensors with the same data path (index,
     float, augment, normalise), network, optimizer and precision: the compute floor.
 (c) seed: the seed's pipeline: a Dataset serving one PIL image at a time through the
@@ -64,8 +64,8 @@ log = logging.getLogger("fmnist_lab")
 
 METHODS = ("lightning", "bare", "raw", "seed")
 RESULTS_FILE = "bench.json"
-# Issue 6's targets on the CPU: the MLP at least 10x the seed-style pipeline, and every
-# network at least 0.9x the raw loop (framework overhead under 10%).
+# The targets on the CPU: the MLP at least 10x the seed-style pipeline, and every network
+# at least 0.9x the raw loop (framework overhead under 10%).
 MIN_OVER_SEED = {"three_fc": 10.0}
 MIN_OVER_RAW = 0.9
 
@@ -335,7 +335,7 @@ def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> float | None:
 
 
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 6's CPU targets, checked against the measured ratios."""
+    """The CPU targets, checked against the measured ratios."""
     checks = []
     for r in results:
         low = MIN_OVER_SEED.get(r["model"])
@@ -438,7 +438,7 @@ def table(report: dict[str, Any]) -> str:
             f"{times(r['lightning_over_seed'], '.1f') + 'x':>8}"
             f"{times(r['lightning_over_raw'], '.2f'):>6}")
     if report["targets"]:
-        lines += ["", "Targets (issue 6, stated for the CPU):"]
+        lines += ["", "Targets (stated for the CPU):"]
         lines += [f"  {'met    ' if t['met'] else 'NOT met'}  {t['target']} ({t['value']:.2f})"
                   for t in report["targets"]]
     return "\n".join(lines)

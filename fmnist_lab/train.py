@@ -1,9 +1,9 @@
 """`python -m fmnist_lab.train [overrides]`: one training run, or a sweep with `-m`.
 
-A run fits one network, tests it on the test set, and writes `results.json` (SPEC §2) into
-its Hydra run folder beside the TensorBoard events and `checkpoints/last.ckpt`. Started
-again in the same folder (a sweep re-run with the same `hydra.sweep.dir`), a finished run
-is skipped and an interrupted one resumes from its last checkpoint.
+A run fits one network, tests it on the test set, and writes `results.json` into its Hydra
+run folder beside the TensorBoard events and `checkpoints/last.ckpt`. Started again in the
+same folder (a sweep re-run with the same `hydra.sweep.dir`), a finished run is skipped and
+an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
