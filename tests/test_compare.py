@@ -143,6 +143,7 @@ def trained_compare(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_compare_trains_both_networks_and_writes_every_output(trained_compare):
     out, proc = trained_compare
     summary = json.loads((out / "compare.json").read_text())
@@ -169,6 +170,7 @@ def test_compare_trains_both_networks_and_writes_every_output(trained_compare):
     assert "| Model | Layer | Correlation Matrix Shape" in proc.stdout  # the table, printed
 
 
+@pytest.mark.slow
 def test_compare_of_given_run_and_checkpoint_reproduces_the_numbers(trained_compare, tmp_path):
     out, _ = trained_compare
     ckpt = out / "candidate" / "checkpoints" / "last.ckpt"
@@ -183,6 +185,7 @@ def test_compare_of_given_run_and_checkpoint_reproduces_the_numbers(trained_comp
     assert not (tmp_path / "reference").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_torchvision_weights_file_gives_512_features(trained_compare, tmp_path):
     out, _ = trained_compare
     weights = tmp_path / "resnet18.pth"
@@ -196,6 +199,7 @@ def test_torchvision_weights_file_gives_512_features(trained_compare, tmp_path):
     assert "ImageNet" in (tmp_path / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_reference_path_is_one_line_error(tmp_path):
     proc = run_cli("fmnist_lab.compare", f"compare.reference={tmp_path / 'nope'}",
                    f"hydra.run.dir={tmp_path / 'run'}", "trainer.accelerator=cpu")

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from fmnist_lab.report import spearman, use_log_scale, write_report
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import PNG_SIGNATURE, ROOT, column, run_cli, table
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What train.py resolves, cut to the keys the report reads.
 BASE_CONFIG: dict[str, Any] = {
     "name": "train", "seed": 0, "num_threads": None,
@@ -84,18 +83,6 @@ def write_sweep(folder: Path, results: list[dict[str, Any]]) -> Path:
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps(result))
     return folder
-
-
-def table(markdown: str, section: str) -> dict[str, list[str]]:
-    """The first table under `## section...`: {first cell: cells}, header under "header"."""
-    text = markdown.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    return {"header": rows[0], **{r[0]: r for r in rows[2:]}}
-
-
-def column(rows: dict[str, list[str]], label: str, name: str) -> str:
-    return rows[label][rows["header"].index(name)]
 
 
 @pytest.fixture
@@ -293,23 +280,3 @@ def test_bad_dir_exits_2_with_one_line(tmp_path: Path, make):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert str(tmp_path) in proc.stderr
-
-
-def test_real_sweep_end_to_end(tmp_path: Path):
-    """A real learning-rate sweep through the CLI (300 images, 1 epoch), then its report."""
-    tiny = [o for o in TINY if not o.startswith(("data.train_size", "data.test_size"))]
-    proc = run_cli("fmnist_lab.train", "-m", "experiment=learning_rate", "model=three_fc",
-                   "data.train_size=300", "data.test_size=200", *tiny,
-                   f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_cli("fmnist_lab.report", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert str(tmp_path / "report.md") in proc.stdout
-    rows = table((tmp_path / "report.md").read_text(), "learning_rate: optimizer.lr")
-    assert list(rows)[1:] == ["0.0001", "0.001", "0.01", "0.1", "1"]
-    # lr=1 may or may not diverge in one tiny epoch; the others complete with a test accuracy.
-    assert all(column(rows, lr, "status") == "completed" for lr in ("0.0001", "0.001", "0.01"))
-    assert column(rows, "0.01", "params") == "94,154"
-    with (tmp_path / "results.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 5
-    assert (tmp_path / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE
