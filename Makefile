@@ -1,5 +1,8 @@
-# make setup | train | test | study | bench | tensorboard | lint | clean
-# `make train` and `make test` set everything up first when needed (venv, package, data).
+# make setup | train | test | test-fast | study | bench | tensorboard | lint | clean
+# `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
+# package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
+# the tests marked slow (the command line, sweeps, make study, longer training): under a
+# minute, for the edit-test loop.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +15,7 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation
 
-.PHONY: setup data train test study bench tensorboard lint clean
+.PHONY: setup data train test test-fast study bench tensorboard lint clean
 
 setup: $(STAMP) data
 
@@ -56,6 +59,9 @@ study: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 bench: setup
 	$(PY) -m fmnist_lab.bench $(ARGS)

@@ -6,8 +6,8 @@
     off: it is not training, and by default the timed steps end inside the first epoch.
 (a0) bare: plain Lightning: a minimal LightningModule (the same network, cross-entropy and
     optimizer, no metrics) taking one batch per training step through the same Trainer and
-    data module, with no logger, checkpoint or progress bar. Lightning's loop around each
-    batch costs about 1 ms on a CPU; (a) hands it groups of `data.group_batches` batches.
+    data module, with no logger, checkpoint or progress bar: what (a)'s groups of
+    `data.group_batches` batches save.
 (b) raw: a plain PyTorch loop over the same device tensors with the same data path (index,
     float, augment, normalise), network, optimizer and precision: the compute floor.
 (c) seed: the seed's pipeline: a Dataset serving one PIL image at a time through the
@@ -54,7 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fmnist_lab.data import DataError, TensorBatches
-from fmnist_lab.models import init_weights, num_params
+from fmnist_lab.models import init_weights, model_config, model_names, num_params, study_models
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
@@ -62,12 +62,10 @@ from fmnist_lab.train import History, build_datamodule, build_module, build_trai
 
 log = logging.getLogger("fmnist_lab")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-STUDY_MODELS = ("two_conv_one_fc", "one_conv_two_fc", "three_fc", "three_conv")
 METHODS = ("lightning", "bare", "raw", "seed")
 RESULTS_FILE = "bench.json"
-# Issue 6's targets on the CPU: the MLP at least 10x the seed-style pipeline, and every
-# network at least 0.9x the raw loop (framework overhead under 10%).
+# The targets on the CPU: the MLP at least 10x the seed-style pipeline, and every network
+# at least 0.9x the raw loop (framework overhead under 10%).
 MIN_OVER_SEED = {"three_fc": 10.0}
 MIN_OVER_RAW = 0.9
 
@@ -291,11 +289,11 @@ def check_bench(cfg: DictConfig) -> None:
 
 def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """bench.models, else the network named with `model=`, else the four study networks."""
-    available = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    available = model_names()
     models = cfg.bench.models
     if models is None:
         named = [o.split("=", 1)[1] for o in overrides if o.startswith("model=")]
-        models = named or list(STUDY_MODELS)
+        models = named or study_models()
     elif not OmegaConf.is_list(models):
         models = [models]
     for name in models:
@@ -307,7 +305,7 @@ def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
 def with_model(cfg: DictConfig, name: str) -> DictConfig:
     run_cfg = copy.deepcopy(cfg)
     with open_dict(run_cfg):
-        run_cfg.model = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+        run_cfg.model = model_config(name)
     return run_cfg
 
 
@@ -337,7 +335,7 @@ def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> float | None:
 
 
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 6's CPU targets, checked against the measured ratios."""
+    """The CPU targets, checked against the measured ratios."""
     checks = []
     for r in results:
         low = MIN_OVER_SEED.get(r["model"])
@@ -440,7 +438,7 @@ def table(report: dict[str, Any]) -> str:
             f"{times(r['lightning_over_seed'], '.1f') + 'x':>8}"
             f"{times(r['lightning_over_raw'], '.2f'):>6}")
     if report["targets"]:
-        lines += ["", "Targets (issue 6, stated for the CPU):"]
+        lines += ["", "Targets (stated for the CPU):"]
         lines += [f"  {'met    ' if t['met'] else 'NOT met'}  {t['target']} ({t['value']:.2f})"
                   for t in report["targets"]]
     return "\n".join(lines)

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
-from fmnist_lab.models import MODELS, StudyNet
+from fmnist_lab.models import StudyNet, build_model, model_config, model_name, model_names
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
@@ -161,10 +161,10 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 def recognise_model(state: dict[str, torch.Tensor]) -> str | None:
-    """The registered network whose parameter names and shapes are exactly those of `state`."""
+    """The network of conf/model whose parameter names and shapes are those of `state`."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        for name, cls in MODELS.items():
-            if _shapes(cls().state_dict()) == _shapes(state):
+        for name in model_names():
+            if _shapes(build_model(name).state_dict()) == _shapes(state):
                 return name
     return None
 
@@ -180,11 +180,11 @@ def load_study_net(path: Path, key: str, model: str | None) -> tuple[StudyNet, s
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     found = recognise_model(state)
     if found is None:
-        raise ConfigError(key, str(path), f"a checkpoint of one of {', '.join(MODELS)}; its "
+        raise ConfigError(key, str(path), f"a checkpoint of one of {', '.join(model_names())}; its "
                           "layers match none of them")
     if model is not None and model != found:
         raise ConfigError(key, str(path), f"a checkpoint of {model} (it holds a {found})")
-    net = MODELS[found]()
+    net = build_model(found)
     net.load_state_dict(state)
     return net, found
 
@@ -249,12 +249,10 @@ def train_network(cfg: DictConfig, role: str, model: str | None, out_dir: Path,
         del run_cfg["compare"]
         run_cfg.name = f"compare-{role}"
         if model is not None:
-            cls = MODELS[model]
-            run_cfg.model = OmegaConf.create({"_target_": f"{cls.__module__}.{cls.__name__}"})
+            run_cfg.model = model_config(model)
             overrides = [o for o in overrides if not o.startswith("model=")] + [f"model={model}"]
     if (read_results(run_dir) or {}).get("status") != "completed":
-        name = model or run_cfg.model._target_.rsplit(".", 1)[-1]
-        print(f"training the {role} ({name}) into {run_dir}", flush=True)
+        print(f"training the {role} ({model_name(run_cfg.model)}) into {run_dir}", flush=True)
         train(run_cfg, run_dir, overrides)
     return load_network(role, run_dir, model, trained_here=True)
 
@@ -419,9 +417,9 @@ def check_compare(cfg: DictConfig) -> None:
     c = cfg.compare
     for role in ROLES:
         model = c[f"{role}_model"]
-        if model is not None and model not in MODELS:
+        if model is not None and model not in model_names():
             raise ConfigError(f"compare.{role}_model", model,
-                              f"null or one of {', '.join(MODELS)}")
+                              f"null or one of {', '.join(model_names())}")
     if c.reference is not None and c.reference_weights is not None:
         raise ConfigError("compare.reference_weights", c.reference_weights,
                           "null when compare.reference is given (one reference only)")

@@ -244,8 +244,8 @@ class TensorBatches:
         order = torch.randperm(n, generator=generator).to(self.labels.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            # index_select copies whole rows; `images[idx]` (advanced indexing) took 12x
-            # longer on the CPU, ~5% of the MLP's training step.
+            # index_select copies whole rows; advanced indexing (`images[idx]`) is many
+            # times slower on the CPU.
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
@@ -253,8 +253,8 @@ class BatchGroup(TensorBatches):
     """Consecutive training batches handed to Lightning as one: the module runs them one by
     one, each with its own optimizer step (see `data.group_batches`).
 
-    Lightning's loop costs about 1 ms a batch on a CPU, as much as the MLP's whole training
-    step; a group pays it once. The batches are the ones `group_batches=1` gives, in the same
+    Lightning's loop around a batch costs as much as the MLP's whole training step on a
+    CPU; a group pays it once. The batches are the ones `group_batches=1` gives, in the same
     order, and each is prepared (float, augmented, normalised) only when iterated, so the
     random draws come in the same order and each batch is still in cache when it is used.
     """

@@ -2,8 +2,11 @@
 
 Every network is `features` (input -> last hidden layer, flattened) followed by one linear
 `classifier`, so the representation comparison can read the last hidden layer of any of
-them the same way. ReLU follows every hidden layer. Parameter counts are in SPEC §3 and
-checked by the tests.
+them the same way. ReLU follows every hidden layer. The parameter counts in the docstrings
+are checked by the tests.
+
+A network's name is the name of its config file, conf/model/NAME.yaml: what `model=NAME`
+selects, results.json records and every command accepts.
 
 Regularisation (off by default, when the networks are exactly the seed's):
 - `norm="batch"`: batch norm after every hidden conv and linear layer, before its ReLU; those
@@ -17,15 +20,20 @@ Either adds modules only when switched on, so the default networks' checkpoints 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torchvision
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class StudyNet(nn.Module):
-    """features -> classifier; `name` is what configs and results call the network."""
-
-    name: str = ""
+    """features -> classifier."""
 
     def __init__(self, features: nn.Sequential, classifier: nn.Linear) -> None:
         super().__init__()
@@ -66,8 +74,6 @@ def _check(norm: str, dropout: float) -> None:
 class TwoConvOneFC(StudyNet):
     """conv 1->32, conv 32->64, max-pool 2, fc 64*14*14->128, fc 128->10 (1,625,866 params)."""
 
-    name = "two_conv_one_fc"
-
     def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
         _check(norm, dropout)
         features = nn.Sequential(
@@ -80,8 +86,6 @@ class TwoConvOneFC(StudyNet):
 class OneConvTwoFC(StudyNet):
     """conv 1->32, max-pool 2, fc 32*14*14->64, fc 64->128, fc 128->10 (411,402 params)."""
 
-    name = "one_conv_two_fc"
-
     def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
         _check(norm, dropout)
         features = nn.Sequential(
@@ -93,8 +97,6 @@ class OneConvTwoFC(StudyNet):
 
 class ThreeFC(StudyNet):
     """fc 784->64, fc 64->128, fc 128->256, fc 256->10 (94,154 params)."""
-
-    name = "three_fc"
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
         _check(norm, dropout)
@@ -114,8 +116,6 @@ class ThreeConv(StudyNet):
     (155,402 params).
     """
 
-    name = "three_conv"
-
     def __init__(self, num_classes: int = 10, dropout: float = 0.0, norm: str = "none") -> None:
         _check(norm, dropout)
         features = nn.Sequential(
@@ -133,8 +133,6 @@ class ResNet18(StudyNet):
     with the global average pool: the 512 features the comparison reads.
     """
 
-    name = "resnet18"
-
     def __init__(self, num_classes: int = 10) -> None:
         net = torchvision.models.resnet18(num_classes=num_classes)
         net.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -146,9 +144,35 @@ class ResNet18(StudyNet):
         super().__init__(features, net.fc)
 
 
-MODELS: dict[str, type[StudyNet]] = {
-    cls.name: cls for cls in (TwoConvOneFC, OneConvTwoFC, ThreeFC, ThreeConv, ResNet18)
-}
+def model_names() -> list[str]:
+    """Every network's name: conf/model/NAME.yaml."""
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def model_config(name: str) -> DictConfig:
+    """conf/model/NAME.yaml: what `model=NAME` puts in a run's config."""
+    return OmegaConf.load(CONF / "model" / f"{name}.yaml")
+
+
+def build_model(name: str) -> StudyNet:
+    return instantiate(model_config(name))
+
+
+def model_name(model_cfg: DictConfig | dict[str, Any]) -> str:
+    """The name of the config file a run's `model` config came from (its class's name if
+    none matches)."""
+    content = OmegaConf.to_container(OmegaConf.create(model_cfg))
+    for name in model_names():
+        if OmegaConf.to_container(model_config(name)) == content:
+            return name
+    return str(content["_target_"]).rsplit(".", 1)[-1]
+
+
+def study_models() -> list[str]:
+    """The study's four networks, in the order of the architecture experiment's grid."""
+    grid = OmegaConf.load(CONF / "experiment" / "architecture.yaml").hydra.sweeper.params.model
+    return str(grid).split(",")
+
 
 INITS = {
     "xavier_uniform": nn.init.xavier_uniform_,

@@ -1,37 +1,20 @@
 """One LightningModule for every network: cross-entropy, the configured optimizer and
 schedule (conf/optimizer, conf/scheduler; SGD with momentum by default), accuracy.
 
-Speed matters here because a training step of the MLP takes about 1.5 ms on two CPU cores
-(less on a GPU), so per-step bookkeeping shows (issue 6, `python -m fmnist_lab.bench`):
-
-- A training batch from Lightning is a group of batches (`data.group_batches`; any iterable
-  of (x, y) will do), each its own optimizer step, with manual optimization. Lightning's
-  loop around a batch costs about 1 ms on a CPU, as much as the MLP's step; a group of 32
-  pays it once. Inside the group, backward and step are plain PyTorch (with Lightning's
-  GradScaler under 16-mixed; Lightning autocasts the whole training step), and each step
-  is counted in `global_step` as Lightning counts it. The price: callbacks' backward and
-  optimizer-step hooks do not fire, and Trainer(gradient_clip_val,
-  accumulate_grad_batches) do not apply (the config check rejects them).
-- Training metrics: each step keeps its loss and logits (detached, no copy); the group's
-  loss sum and correct count are computed once a group on the device and added to two
-  metric objects. `self.log` of a metric object costs 1-2 ms a call in Lightning 2.6 (it
-  moves the metric to the device every time), so it is called once an epoch: Lightning
-  keeps the logged objects and computes them at the epoch's end. Nothing in a training step waits
-  for the host except the divergence check.
-- Divergence is checked every `divergence_check_every` optimizer steps (one host sync): a
-  non-finite loss stops the run and marks it diverged.
-- Lightning's progress bar redraws and reads the metrics on every step; it is replaced by
-  one that redraws at most twice a second.
-- Switches for the GPU: `channels_last` (the network's weights; the data module converts
-  the inputs) and `compile` (torch.compile of the network's forward, in place, so the
-  checkpoint keys stay `net.*`). Mixed precision is Lightning's `trainer.precision`.
+A training batch from Lightning is a group of batches (`data.group_batches`; any iterable of
+(x, y) will do), each its own optimizer step, with manual optimization: Lightning's loop
+around a batch costs as much as the MLP's whole step on a CPU, and a group pays it once
+(README, Performance, has the numbers). Inside a group, backward and step are plain PyTorch
+(with Lightning's GradScaler under 16-mixed; Lightning autocasts the whole training step),
+and `counted_step` counts each step in `global_step` as Lightning does. The price:
+callbacks' backward and optimizer-step hooks do not fire, and Trainer(gradient_clip_val,
+accumulate_grad_batches) do not apply (the config check rejects them).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -40,13 +23,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, RichProgressBar
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MulticlassAccuracy
-
-from fmnist_lab.data import NUM_CLASSES
+from torchmetrics import Metric
 
 
 def quiet_lightning() -> None:
@@ -70,12 +51,37 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         scaler.update()
 
 
-class EpochMean(Metric):
-    """`total / count` over an epoch from per-batch sums.
+def counted_step(trainer: pl.Trainer, lightning_optimizer: LightningOptimizer,
+                 loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
+    """`optimizer_step` on the optimizer Lightning wraps, counted in `trainer.global_step`
+    (and so `max_steps`) as `LightningOptimizer.step` counts it.
 
-    torchmetrics' MeanMetric and MulticlassAccuracy check, cast and reshape their inputs on
-    every call (~210 us a step together on the CPU, 10% of the MLP's step); these sums cost
-    a quarter of that.
+    `LightningOptimizer.step` would also run every callback's optimizer hooks, a cost per
+    step; the count lives in two private hooks that Lightning 2.6 calls around the step,
+    called here instead. Where a Lightning release moved them, this stops with that said,
+    rather than train with the step count stuck.
+    """
+    before = getattr(lightning_optimizer, "_on_before_step", None)
+    after = getattr(lightning_optimizer, "_on_after_step", None)
+    steps = trainer.global_step
+    if callable(before) and callable(after):
+        before()
+        optimizer_step(loss, lightning_optimizer.optimizer, scaler)
+        after()
+        if trainer.global_step == steps + 1:
+            return
+    raise RuntimeError(
+        f"pytorch_lightning {pl.__version__} no longer counts optimizer steps through "
+        "LightningOptimizer._on_before_step/_on_after_step, which fmnist_lab.module."
+        "counted_step uses (written for 2.6): install pytorch-lightning<2.7 or adapt it")
+
+
+class EpochMean(Metric):
+    """`total / count` over an epoch from sums handed in per batch or per group.
+
+    torchmetrics' MeanMetric either drops NaNs (a diverged epoch must show NaN), checking
+    for them with a host sync on every update, or, with nan_strategy="disable", ignores
+    its weights (torchmetrics 1.9), so a short last batch would count as a full one.
     """
 
     full_state_update = False
@@ -91,37 +97,6 @@ class EpochMean(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.total / self.count
-
-
-class _Throttled:
-    """Lightning's progress bars redraw and gather the metrics after every training batch:
-    ~70 us a step, 3% of the MLP's step on a CPU. This one skips batches to redraw at most
-    every `interval` seconds (and at the epoch's last batch)."""
-
-    interval = 0.5
-    _last_draw = 0.0
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = time.monotonic()
-        if now - self._last_draw >= self.interval or batch_idx + 1 == self.total_train_batches:
-            self._last_draw = now
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-
-class ThrottledTQDMProgressBar(_Throttled, TQDMProgressBar):
-    pass
-
-
-class ThrottledRichProgressBar(_Throttled, RichProgressBar):
-    def __init__(self) -> None:
-        # Rich also redraws from a thread, 100 times a second by default: that thread took
-        # ~10% of the MLP's training speed (GIL and a CPU core) on a 2-core machine.
-        super().__init__(refresh_rate=round(1 / self.interval))
-
-
-# Lightning's default bar (Rich when `rich` is installed, else tqdm) -> its throttled twin.
-THROTTLED = {TQDMProgressBar: ThrottledTQDMProgressBar, RichProgressBar: ThrottledRichProgressBar}
 
 
 # The seed's optimizer, what conf/optimizer/sgd.yaml builds.
@@ -155,21 +130,17 @@ class Classifier(pl.LightningModule):
         self.divergence_check_every = divergence_check_every
         self.diverged_epoch: int | None = None
         self._logged_epoch: int | None = None
-        self.train_loss = EpochMean()
-        self.train_acc = EpochMean()
-        # Evaluation batches are few and large (data.eval_batch_size): torchmetrics' cost
-        # does not show there. 'disable': NaNs must reach the epoch mean.
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.test_loss = MeanMetric(nan_strategy="disable")
-        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        # Sums of losses and of correct predictions, and their image counts.
+        self.train_loss, self.train_acc = EpochMean(), EpochMean()
+        self.val_loss, self.val_acc = EpochMean(), EpochMean()
+        self.test_loss, self.test_acc = EpochMean(), EpochMean()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        # One fused kernel for all parameters instead of a few small ops per tensor: the
-        # optimizer step takes half the time on the CPU (and fewer launches on a GPU).
+        # One fused kernel for all parameters instead of a few small ops per tensor: a
+        # faster optimizer step on the CPU, fewer launches on a GPU.
         fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
         optimizer = self.make_optimizer(self.parameters(), fused=fused)
         if self.make_scheduler is None:
@@ -191,9 +162,11 @@ class Classifier(pl.LightningModule):
         return min(total, max_steps) if max_steps >= 0 else total
 
     def configure_callbacks(self) -> list[Callback]:
-        # Only Lightning's own default bar is replaced; a bar a user passed in stays.
-        throttled = THROTTLED.get(type(self.trainer.progress_bar_callback))
-        return [throttled()] if throttled else []
+        # Lightning's Rich bar redraws after every training batch (a group here), up to 100
+        # times a second, from a thread that holds the GIL meanwhile. Twice a second will do.
+        if type(self.trainer.progress_bar_callback) is RichProgressBar:
+            return [RichProgressBar(refresh_rate=2)]
+        return []
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # Returning -1 ends the epoch; with should_stop set, it ends the fit.
@@ -204,13 +177,12 @@ class Classifier(pl.LightningModule):
     ) -> None:
         lightning_optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        optimizer = lightning_optimizer.optimizer
         # Lightning's MixedPrecision plugin holds a GradScaler for 16-mixed (and applies
         # autocast around this whole method for 16- and bf16-mixed).
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         max_steps, step = self.trainer.max_steps, self.trainer.global_step
-        # Per step only what the step needs; the training metrics are computed once a
-        # group from what is kept here (a few small ops a step were 3% of the MLP's step).
+        # Per step only what the step needs; the training metrics are computed once a group
+        # from what is kept here (no copies: the losses and logits are detached).
         weighted_losses, outputs, labels = [], [], []
         for x, y in batches:
             if step == max_steps:  # max_steps counts optimizer steps, not groups
@@ -220,15 +192,13 @@ class Classifier(pl.LightningModule):
             weighted_losses.append(loss.detach() * len(y))
             outputs.append(logits.detach())
             labels.append(y)
+            # The check waits for the device, so not every step; a NaN in between still
+            # reaches the epoch's mean loss, which on_train_epoch_end checks.
             if step % self.divergence_check_every == 0 and not torch.isfinite(loss):
                 self._mark_diverged()
                 break
-            # Plain backward and step, not manual_backward and the wrapped optimizer's
-            # step: those call every callback's backward and optimizer hooks, ~0.2 ms a
-            # step on a CPU. The two calls around them count the step (global_step).
-            lightning_optimizer._on_before_step()
-            optimizer_step(loss, optimizer, scaler)
-            lightning_optimizer._on_after_step()
+            # Not manual_backward: it runs every callback's backward hook.
+            counted_step(self.trainer, lightning_optimizer, loss, scaler)
             if scheduler is not None:  # every optimizer step, as the schedule counts them
                 scheduler.step()
             step += 1
@@ -254,11 +224,12 @@ class Classifier(pl.LightningModule):
             self.diverged_epoch = self.current_epoch + 1
         self.trainer.should_stop = True
 
-    def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str):
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: EpochMean,
+                  acc_metric: EpochMean, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        loss_metric(F.cross_entropy(logits, y), weight=len(y))
-        acc_metric(logits, y)
+        loss_metric.update(F.cross_entropy(logits, y, reduction="sum"), len(y))
+        acc_metric.update((logits.argmax(dim=1) == y).sum(), len(y))
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
 

@@ -17,12 +17,13 @@ from typing import Any
 RESULTS_FILE = "results.json"
 # A run in one of these states is never trained again; "failed" and "running" are retried.
 FINISHED = ("completed", "diverged")
-# Config keys that change where a run is written or how fast, never what it learns: left
-# out of a run's identity (run_key) and never "swept" in the report.
+# Config keys that change where a run is written or how fast, never what it learns (a
+# diverged run stops sooner or later in the same epoch): left out of a run's identity
+# (run_key) and never "swept" in the report.
 BOOKKEEPING = frozenset({
-    "name", "seed", "num_threads", "reuse_runs_in", "data.root", "data.download",
-    "data.eval_batch_size", "data.group_batches", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "name", "seed", "num_threads", "reuse_runs_in", "divergence_check_every", "data.root",
+    "data.download", "data.eval_batch_size", "data.group_batches",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
 })
 
 

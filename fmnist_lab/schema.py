@@ -1,7 +1,8 @@
 """Checks on a composed config, run before anything trains.
 
 Hydra already rejects unknown groups and keys with its own message; this catches values of
-the wrong type or out of range and names the key, the value and what is allowed.
+the wrong type or out of range, and keys added with `+` to a section that takes only its
+own, and names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ RULES: dict[str, Rule] = {
         "a number in [0, 1) with optimizer=sgd, unset with other optimizers",
     ),
     "optimizer.weight_decay": (lambda v, c: is_number(v) and v >= 0, "a number >= 0"),
+    "divergence_check_every": int_at_least(1),
+    "data.root": (lambda v, c: v is None or isinstance(v, str), "null or a folder"),
+    "data.download": BOOLEAN,
     "data.batch_size": int_at_least(1),
     "data.eval_batch_size": int_at_least(1),
     "data.train_size": (
@@ -118,6 +122,21 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Sections whose keys become keyword arguments (SGD's settings, the data module's): a key
+# added to them with `+` would fail late, as a TypeError. Their keys are those with a rule.
+CLOSED_SECTIONS = ("optimizer", "data")
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Raise ConfigError for a key of a closed section that has no rule."""
+    for section in CLOSED_SECTIONS:
+        allowed = [k.split(".", 1)[1] for k in RULES if k.startswith(f"{section}.")]
+        for key, value in cfg[section].items():
+            if key not in allowed:
+                raise ConfigError(f"{section}.{key}", value,
+                                  f"no such key; {section} takes {', '.join(allowed)}")
+
+
 def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
     """Raise ConfigError for the first value that breaks one of `rules`."""
     for key, (test, allowed) in rules.items():
@@ -127,7 +146,8 @@ def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value of a run's config that breaks a rule."""
+    """Raise ConfigError for the first key or value of a run's config that breaks a rule."""
+    check_keys(cfg)
     check_rules(cfg, RULES)
     if cfg.data.num_folds and cfg.data.train_size is not None:
         if cfg.data.train_size < cfg.data.num_folds * 10:

@@ -19,6 +19,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -26,21 +27,23 @@ from fmnist_lab.results import read_statuses
 from fmnist_lab.schema import ConfigError, check_config
 
 
-def grid_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of every job the basic sweeper will launch, as it computes them."""
+def sweep_overrides(config: DictConfig) -> list[Override]:
+    """The sweeper's params, then the command line's overrides, parsed as Hydra parses them."""
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return OverridesParser.create().parse_overrides(arguments)
+
+
+def grid_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch, as it computes them."""
+    batches = BasicSweeper.split_arguments(sweep_overrides(config), None)
+    return [job for batch in batches for job in batch]
 
 
 def constant_keys(config: DictConfig) -> list[str]:
     """The keys a sweep sets to one value for all its jobs (command line or sweeper params)."""
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    overrides = OverridesParser.create().parse_overrides(arguments)
+    overrides = sweep_overrides(config)
     swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
     return sorted({o.key_or_group for o in overrides} - swept)
 

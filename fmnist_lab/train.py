@@ -1,9 +1,9 @@
 """`python -m fmnist_lab.train [overrides]`: one training run, or a sweep with `-m`.
 
-A run fits one network, tests it on the test set, and writes `results.json` (SPEC §2) into
-its Hydra run folder beside the TensorBoard events and `checkpoints/last.ckpt`. Started
-again in the same folder (a sweep re-run with the same `hydra.sweep.dir`), a finished run
-is skipped and an interrupted one resumes from its last checkpoint.
+A run fits one network, tests it on the test set, and writes `results.json` into its Hydra
+run folder beside the TensorBoard events and `checkpoints/last.ckpt`. Started again in the
+same folder (a sweep re-run with the same `hydra.sweep.dir`), a finished run is skipped and
+an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fmnist_lab.dashboard import CURVES, EpochLogger, log_hparams
 from fmnist_lab.data import DataError, FashionMNISTDataModule
-from fmnist_lab.models import init_weights, num_params
+from fmnist_lab.models import init_weights, model_name, num_params
 from fmnist_lab.module import Classifier, quiet_lightning
 from fmnist_lab.results import (
     FINISHED,
@@ -131,6 +131,7 @@ def build_module(cfg: DictConfig) -> Classifier:
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None  # scheduler=none: {}
     return Classifier(net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
                       label_smoothing=cfg.loss.label_smoothing,
+                      divergence_check_every=cfg.divergence_check_every,
                       channels_last=cfg.data.channels_last, compile=cfg.compile)
 
 
@@ -156,7 +157,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     trainer = build_trainer(cfg, out_dir, [history])
     result: dict[str, Any] = {
         "status": "running",
-        "model": type(module.net).name,
+        "model": (choices or {}).get("model") or model_name(cfg.model),
         "num_params": num_params(module.net),
         "seed": cfg.seed,
         "overrides": list(overrides or []),

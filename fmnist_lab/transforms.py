@@ -44,25 +44,18 @@ class RandomHorizontalFlip(nn.Module):
 
 
 class ColorJitter(nn.Module):
-    """torchvision's ColorJitter on one-channel images.
+    """torchvision's ColorJitter on one-channel images: brightness and contrast.
 
     Brightness scales the image, contrast blends it with its own mean grey level, each by a
     factor drawn per image from [max(0, 1 - s), 1 + s], clamped to [0, 1], in an order drawn
-    per image as torchvision does. Saturation and hue are accepted for parity with the
-    seed, but on a grey image they do nothing: saturation blends an image with its own
-    greyscale version (itself) and a hue shift leaves grey pixels grey.
+    per image as torchvision does. torchvision's saturation and hue are left out: on a grey
+    image saturation blends it with its own greyscale version (itself), and a hue shift
+    leaves grey pixels grey, so the seed's values for them did nothing.
     """
 
-    def __init__(
-        self,
-        brightness: float = 0.2,
-        contrast: float = 0.2,
-        saturation: float = 0.2,
-        hue: float = 0.1,
-    ) -> None:
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2) -> None:
         super().__init__()
         self.brightness, self.contrast = brightness, contrast
-        self.saturation, self.hue = saturation, hue  # no-ops on grey images, see above
 
     def _factors(self, strength: float, x: torch.Tensor) -> torch.Tensor:
         return _uniform(x.shape[0], max(0.0, 1 - strength), 1 + strength, x).view(-1, 1, 1, 1)

@@ -1,4 +1,5 @@
-"""Shared fixtures: configs composed the way `python -m fmnist_lab.train` composes them."""
+"""Shared fixtures: configs composed the way `python -m fmnist_lab.train` composes them, the
+real data files, the command line, and reading the report's tables back."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from fmnist_lab.data import FILES, find_data_root
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A few hundred real images and one epoch: seconds on the CPU, well above chance.
 TINY = [
@@ -41,9 +45,30 @@ def cfg_factory():
     return make_cfg
 
 
+@pytest.fixture(scope="session")
+def data_files() -> dict[str, Path]:
+    """The real data set's four IDX files, by stem, wherever setup put them (Debian's
+    package, torchvision's download, $FMNIST_DATA): the gzipped one where there is one."""
+    root = find_data_root()
+    return {stem: next(p for p in (root / f"{stem}.gz", root / stem) if p.is_file())
+            for stem in FILES.values()}
+
+
 def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, capturing its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def table(markdown: str, section: str) -> dict[str, list[str]]:
+    """The first table under `## section...`: {first cell: cells}, header under "header"."""
+    text = markdown.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {"header": rows[0], **{r[0]: r for r in rows[2:]}}
+
+
+def column(rows: dict[str, list[str]], label: str, name: str) -> str:
+    return rows[label][rows["header"].index(name)]

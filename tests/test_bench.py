@@ -10,6 +10,7 @@ from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from fmnist_lab import bench, data
+from fmnist_lab.models import study_models
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import build_datamodule, build_module, train
 from tests.conftest import TINY, compose_config, make_cfg, run_cli
@@ -43,6 +44,7 @@ def conv_default(tmp_path_factory):
 # ---------------------------------------------------------------------------- switches
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_as_well_as_fp32(mlp_default, tmp_path):
     _, default = mlp_default
     result = train(make_cfg(*MLP, "trainer.precision=bf16-mixed"), tmp_path)
@@ -82,6 +84,7 @@ def test_16_mixed_steps_through_lightnings_grad_scaler():
     assert trainer.callback_metrics["val/acc"] > 0.2  # chance is 0.1
 
 
+@pytest.mark.slow
 def test_channels_last_converts_the_network_and_trains_the_same(conv_default, tmp_path):
     default_dir, default = conv_default
     module = build_module(make_cfg(*CONV, "data.channels_last=true"))
@@ -93,6 +96,7 @@ def test_channels_last_converts_the_network_and_trains_the_same(conv_default, tm
     assert checkpoint_keys(tmp_path) == checkpoint_keys(default_dir)
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_and_keeps_checkpoint_keys(mlp_default, tmp_path):
     from torch._dynamo.utils import counters
 
@@ -111,6 +115,7 @@ def test_compile_must_be_a_boolean():
         check_config(make_cfg("compile=maybe"))
 
 
+@pytest.mark.slow
 def test_runs_in_one_process_read_the_data_files_once(tmp_path, monkeypatch):
     reads = []
     read_idx = data.read_idx
@@ -167,7 +172,7 @@ def test_seed_style_transforms_are_torchvisions_per_image(transforms, first):
 
 
 def test_bench_models_and_settings_are_checked():
-    assert bench.bench_models(bench_cfg(), []) == list(bench.STUDY_MODELS)
+    assert bench.bench_models(bench_cfg(), []) == study_models()
     assert bench.bench_models(bench_cfg("model=three_fc"), ["model=three_fc"]) == ["three_fc"]
     with pytest.raises(ConfigError, match="bench.models"):
         bench.bench_models(bench_cfg("bench.models=[three_fc,nope]"), [])
@@ -177,6 +182,7 @@ def test_bench_models_and_settings_are_checked():
             bench.check_bench(bench_cfg(bad))
 
 
+@pytest.mark.slow
 def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     proc = run_cli("fmnist_lab.bench", "bench.models=[three_fc,two_conv_one_fc]",
                    "bench.steps=8", "bench.warmup=3", "bench.repeats=2", "data.batch_size=32",
@@ -208,12 +214,14 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
                                                        "three_fc: lightning >= 0.9x raw"}
 
 
+@pytest.mark.slow
 def test_bench_rejects_an_unknown_network(tmp_path):
     proc = run_cli("fmnist_lab.bench", "bench.models=[nope]", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "bench.models" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
 def test_bench_on_the_gpu_with_every_switch(tmp_path):
     proc = run_cli("fmnist_lab.bench", "bench.models=[three_fc,two_conv_one_fc]",

@@ -18,7 +18,7 @@ from fmnist_lab.compare import (
     recognise_model,
     run_compare,
 )
-from fmnist_lab.models import MODELS
+from fmnist_lab.models import build_model, model_names
 from fmnist_lab.schema import ConfigError
 from tests.conftest import compose_config, run_cli
 
@@ -118,14 +118,14 @@ def test_dead_units_are_left_out_and_counted_never_nan():
 # ---------------------------------------------------------------------------- loading
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", model_names())
 def test_every_network_is_recognised_from_its_weights(name):
-    assert recognise_model(MODELS[name]().state_dict()) == name
+    assert recognise_model(build_model(name).state_dict()) == name
 
 
 def test_a_checkpoint_of_another_network_than_named_is_a_config_error(tmp_path):
     path = tmp_path / "three_fc.pt"
-    torch.save(MODELS["three_fc"]().state_dict(), path)
+    torch.save(build_model("three_fc").state_dict(), path)
     assert load_study_net(path, "compare.candidate", None)[1] == "three_fc"
     with pytest.raises(ConfigError, match="holds a three_fc"):
         load_study_net(path, "compare.candidate", "two_conv_one_fc")
@@ -143,6 +143,7 @@ def trained_compare(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_compare_trains_both_networks_and_writes_every_output(trained_compare):
     out, proc = trained_compare
     summary = json.loads((out / "compare.json").read_text())
@@ -169,6 +170,7 @@ def test_compare_trains_both_networks_and_writes_every_output(trained_compare):
     assert "| Model | Layer | Correlation Matrix Shape" in proc.stdout  # the table, printed
 
 
+@pytest.mark.slow
 def test_compare_of_given_run_and_checkpoint_reproduces_the_numbers(trained_compare, tmp_path):
     out, _ = trained_compare
     ckpt = out / "candidate" / "checkpoints" / "last.ckpt"
@@ -183,6 +185,7 @@ def test_compare_of_given_run_and_checkpoint_reproduces_the_numbers(trained_comp
     assert not (tmp_path / "reference").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_torchvision_weights_file_gives_512_features(trained_compare, tmp_path):
     out, _ = trained_compare
     weights = tmp_path / "resnet18.pth"
@@ -196,6 +199,7 @@ def test_torchvision_weights_file_gives_512_features(trained_compare, tmp_path):
     assert "ImageNet" in (tmp_path / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_reference_path_is_one_line_error(tmp_path):
     proc = run_cli("fmnist_lab.compare", f"compare.reference={tmp_path / 'nope'}",
                    f"hydra.run.dir={tmp_path / 'run'}", "trainer.accelerator=cpu")

@@ -7,7 +7,6 @@ import torch
 
 from fmnist_lab import data as data_mod
 from fmnist_lab.data import (
-    DEBIAN_ROOT,
     FILES,
     BatchGroup,
     DataError,
@@ -109,9 +108,14 @@ def test_data_root_wins_over_env_variable(tmp_path, monkeypatch):
     assert find_data_root(tmp_path / "a") == tmp_path / "a"
 
 
-def test_found_in_debians_folder_by_default(monkeypatch):
+def test_found_in_debians_folder_by_default(tmp_path, monkeypatch):
+    # Debian's folder, wherever this machine's data came from: a stand-in at its place.
     monkeypatch.delenv("FMNIST_DATA", raising=False)
-    assert find_data_root(None, download=False) == DEBIAN_ROOT
+    write_small_dataset(tmp_path / "debian", n_train=10, n_test=10)
+    monkeypatch.setattr(data_mod, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setattr(data_mod, "DOWNLOAD_ROOT", tmp_path / "data")
+    write_small_dataset(tmp_path / "data", n_train=10, n_test=10)  # found after Debian's
+    assert find_data_root(None, download=False) == tmp_path / "debian"
 
 
 def test_missing_file_is_named(tmp_path):
@@ -251,7 +255,11 @@ def test_shuffle_differs_by_seed_and_is_reproducible():
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
 
 
-def test_gz_and_unpacked_files_read_the_same(tmp_path):
-    path = DEBIAN_ROOT / "t10k-labels-idx1-ubyte.gz"
-    (tmp_path / "labels").write_bytes(gzip.decompress(path.read_bytes()))
-    assert torch.equal(read_idx(tmp_path / "labels"), read_idx(path))
+def test_gz_and_unpacked_files_read_the_same(tmp_path, data_files):
+    path = data_files["t10k-labels-idx1-ubyte"]
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    (tmp_path / "labels").write_bytes(raw)
+    (tmp_path / "labels.gz").write_bytes(gzip.compress(raw))
+    labels = read_idx(tmp_path / "labels")
+    assert torch.equal(labels, read_idx(tmp_path / "labels.gz"))
+    assert torch.equal(labels, load_fashion_mnist().test_labels)

@@ -1,7 +1,9 @@
 """Bad input, diverged runs, failed runs and interrupted sweeps, through the real command line."""
 
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +12,6 @@ import time
 import pytest
 import torch
 
-from fmnist_lab.data import DEBIAN_ROOT, FILES
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import train
 from tests.conftest import ROOT, TINY, run_cli
@@ -42,6 +43,13 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
          "trainer.gradient_clip_val=1.0 is not allowed: unset: the module steps the optimizer"),
         (["+trainer.accumulate_grad_batches=4"],
          "trainer.accumulate_grad_batches=4 is not allowed: 1: each batch is its own"),
+        (["divergence_check_every=0"], "divergence_check_every=0 is not allowed: an integer >= 1"),
+        (["+optimizer.nesterov=true"], "optimizer.nesterov=True is not allowed: no such key; "
+                                       "optimizer takes lr, momentum, weight_decay"),
+        (["+optimizer.divergence_check_every=5"],
+         "optimizer.divergence_check_every=5 is not allowed: no such key; optimizer takes"),
+        (["+data.shuffle=false"], "data.shuffle=False is not allowed: no such key; data takes "
+                                  "root, download, batch_size,"),
     ],
 )
 def test_every_rule_names_key_value_and_what_is_allowed(cfg_factory, overrides, message):
@@ -55,6 +63,7 @@ def test_the_default_config_passes(cfg_factory):
 
 
 # ... and through the real command line: a message, a non-zero exit, nothing trained.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -62,6 +71,7 @@ def test_the_default_config_passes(cfg_factory):
         ("data.batch_size=abc", "error: data.batch_size='abc' is not allowed: an integer >= 1"),
         ("data.num_folds=5 data.fold=5", "error: data.fold=5 is not allowed"),
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is not allowed"),
+        ("+optimizer.nesterov=true", "error: optimizer.nesterov=True is not allowed: no such key"),
     ],
 )
 def test_bad_values_stop_before_training(tmp_path, override, message):
@@ -74,6 +84,7 @@ def test_bad_values_stop_before_training(tmp_path, override, message):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "message"), [
     ("no_such_key=1", "Could not override 'no_such_key'"),
     ("model=four_fc", "Could not find 'model/four_fc'"),
@@ -85,6 +96,7 @@ def test_unknown_keys_and_options_keep_hydras_message(override, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path):
     proc = run_cli("fmnist_lab.train", "-m", *FAST, "optimizer.lr=0.01,0.1,-1",
                    f"hydra.sweep.dir={tmp_path}")
@@ -94,22 +106,27 @@ def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
-def _broken_copy(tmp_path, name: str, damage) -> str:
+def _broken_copy(tmp_path, data_files, stem: str, damage) -> str:
+    """A copy of the data set whose `stem` file is damaged (`damage` of its gzipped bytes)."""
     folder = tmp_path / "data"
     folder.mkdir()
-    for stem in FILES.values():
-        (folder / f"{stem}.gz").write_bytes((DEBIAN_ROOT / f"{stem}.gz").read_bytes())
-    target = folder / name
-    target.write_bytes(damage(target.read_bytes()))
+    for other, path in data_files.items():
+        if other != stem:
+            shutil.copy(path, folder / path.name)
+    content = data_files[stem].read_bytes()
+    if data_files[stem].suffix != ".gz":
+        content = gzip.compress(content)
+    (folder / f"{stem}.gz").write_bytes(damage(content))
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda b: b[: len(b) // 2], "truncated or corrupt"),
-    (lambda b: __import__("gzip").compress(b"\x00\x00\x09\x03" + bytes(16)), "bad magic number"),
+    (lambda b: gzip.compress(b"\x00\x00\x09\x03" + bytes(16)), "bad magic number"),
 ])
-def test_broken_data_file_names_itself(tmp_path, damage, message):
-    root = _broken_copy(tmp_path, "train-images-idx3-ubyte.gz", damage)
+def test_broken_data_file_names_itself(tmp_path, data_files, damage, message):
+    root = _broken_copy(tmp_path, data_files, "train-images-idx3-ubyte", damage)
     proc = run_cli("fmnist_lab.train", *FAST, f"data.root={root}", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode != 0
     assert "train-images-idx3-ubyte.gz" in proc.stderr and message in proc.stderr
@@ -117,6 +134,7 @@ def test_broken_data_file_names_itself(tmp_path, damage, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_diverging_lr_is_a_result_and_the_sweep_succeeds(tmp_path):
     proc = run_cli("fmnist_lab.train", "-m", *FAST, "optimizer.lr=0.01,10",
                    f"hydra.sweep.dir={tmp_path}")
@@ -129,6 +147,7 @@ def test_diverging_lr_is_a_result_and_the_sweep_succeeds(tmp_path):
     assert "1 completed, 1 diverged" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     # An interpolation mode grid_sample does not know fails inside training, not at start.
     proc = run_cli("fmnist_lab.train", "-m", *FAST, "transforms=rotation",
@@ -143,6 +162,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(failed_lines) == 1 and "transforms.interpolation=cubic" in failed_lines[0]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, cfg_factory):
     straight = train(cfg_factory("model=three_fc", "trainer.max_epochs=2"), tmp_path / "straight")
     # A run killed after its first epoch leaves last.ckpt and no results.json.
@@ -156,6 +176,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, cfg_factory):
     assert resumed["train_images"] == straight["train_images"]
 
 
+@pytest.mark.slow
 def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     args = ["-m", *FAST, "seed=0,1,2", f"hydra.sweep.dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -181,6 +202,7 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     assert all(r["status"] == "completed" for r in after)
 
 
+@pytest.mark.slow
 def test_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
     args = [*FAST, "trainer.max_epochs=40", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT,

@@ -56,6 +56,7 @@ def test_run_writes_tensorboard_events_and_a_checkpoint(tiny_run):
     assert (out / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_history_on_cpu(tmp_path, cfg_factory):
     runs = [train(cfg_factory("model=three_fc", "transforms=rotation", f"seed={s}"),
                   tmp_path / str(i)) for i, s in enumerate((7, 7, 8))]
@@ -75,6 +76,7 @@ def _global_step(run_dir) -> int:
     return ckpt["global_step"]
 
 
+@pytest.mark.slow
 def test_group_size_changes_nothing_but_speed(tmp_path, cfg_factory):
     # 550 images in batches of 32: 18 optimizer steps an epoch, whatever the grouping,
     # with the random flips drawn in the same order.
@@ -99,6 +101,18 @@ def test_max_steps_counts_optimizer_steps_inside_a_group(tmp_path, cfg_factory):
     assert _global_step(tmp_path) == 6
 
 
+@pytest.mark.parametrize(("every", "steps"), [(1, range(1, 18)), (1000, [18])])
+def test_divergence_is_caught_within_divergence_check_every_steps(tmp_path, cfg_factory,
+                                                                   every, steps):
+    # lr 10 makes the loss non-finite within a few of the epoch's 18 steps: checked every
+    # step, the run stops there; checked every 1000, at the epoch's end.
+    result = train(cfg_factory("model=three_fc", "optimizer.lr=10",
+                               f"divergence_check_every={every}"), tmp_path)
+    assert result["status"] == "diverged" and result["diverged_epoch"] == 1
+    assert _global_step(tmp_path) in steps
+
+
+@pytest.mark.slow
 def test_conv_net_trains_with_every_augmentation(tmp_path, cfg_factory):
     for t in ("hflip", "color_jitter"):
         result = train(cfg_factory("model=three_conv", f"transforms={t}", "init=kaiming_normal",
@@ -106,6 +120,7 @@ def test_conv_net_trains_with_every_augmentation(tmp_path, cfg_factory):
         assert result["status"] == "completed" and result["test_acc"] > 0.2
 
 
+@pytest.mark.slow
 def test_command_line_run(tmp_path):
     proc = run_cli("fmnist_lab.train", "model=three_fc", "optimizer.lr=0.05", *TINY,
                    f"hydra.run.dir={tmp_path}")
@@ -118,6 +133,7 @@ def test_command_line_run(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_models_run_on_gpu_when_asked(tmp_path, cfg_factory):
     if not torch.cuda.is_available():
         pytest.skip("no GPU on this machine; the GPU path is checked on the lent H100")
