@@ -21,7 +21,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist_lab.results import BOOKKEEPING, flatten
+from fmnist_lab.results import BOOKKEEPING, IMPLIED_CHOICES, flatten
 
 # SummaryWriter.add_custom_scalars' format: {category: {chart: ["Multiline", [tag regexes]]}}.
 CURVES = {"curves": {
@@ -97,7 +97,10 @@ def log_hparams(writer: SummaryWriter, result: Mapping[str, Any]) -> None:
     """
     choices = result.get("choices") or {}
     row = hparams_row(result["config"], choices, result.get("overrides") or [])
-    first = set(choices) | swept_keys()
+    # The study's own groups and what the sweep varies; optimizer and scheduler when not
+    # the seed's (sgd, none), so that the five columns shown hold the swept values.
+    first = {"model", "init", "transforms"} | swept_keys() | {
+        group for group, choice in choices.items() if IMPLIED_CHOICES.get(group, choice) != choice}
     writer.add_scalar(DIVERGED, float(result["status"] == "diverged"), len(result["history"]))
     experiment = api_pb2.Experiment(
         hparam_infos=[api_pb2.HParamInfo(name=k, type=_TYPES[type(v)], differs=k in first)

@@ -154,18 +154,19 @@ def model_config(name: str) -> DictConfig:
     return OmegaConf.load(CONF / "model" / f"{name}.yaml")
 
 
-def build_model(name: str) -> StudyNet:
-    return instantiate(model_config(name))
+def build_model(name: str, **kwargs: Any) -> StudyNet:
+    """The network `model=NAME` builds, with `kwargs` (dropout=0.3) over its config."""
+    return instantiate(model_config(name), **kwargs)
 
 
 def model_name(model_cfg: DictConfig | dict[str, Any]) -> str:
-    """The name of the config file a run's `model` config came from (its class's name if
-    none matches)."""
-    content = OmegaConf.to_container(OmegaConf.create(model_cfg))
+    """The name of the config file whose network a run's `model` config builds (its class's
+    name if none does); its other keys (dropout, norm) may differ."""
+    target = str(model_cfg["_target_"])
     for name in model_names():
-        if OmegaConf.to_container(model_config(name)) == content:
+        if model_config(name)["_target_"] == target:
             return name
-    return str(content["_target_"]).rsplit(".", 1)[-1]
+    return target.rsplit(".", 1)[-1]
 
 
 def study_models() -> list[str]:

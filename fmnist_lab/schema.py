@@ -7,10 +7,12 @@ own, and names the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lab.data import COUNTS
@@ -122,19 +124,19 @@ RULES: dict[str, Rule] = {
 }
 
 
-# Sections whose keys become keyword arguments (SGD's settings, the data module's): a key
-# added to them with `+` would fail late, as a TypeError. Their keys are those with a rule.
-CLOSED_SECTIONS = ("optimizer", "data")
-
-
 def check_keys(cfg: DictConfig) -> None:
-    """Raise ConfigError for a key of a closed section that has no rule."""
-    for section in CLOSED_SECTIONS:
-        allowed = [k.split(".", 1)[1] for k in RULES if k.startswith(f"{section}.")]
+    """Raise ConfigError for a key that would become an unknown keyword argument, and so
+    fail late with a TypeError: a key of `data` without a rule, or of `optimizer` that its
+    optimizer class does not take (`+optimizer.betas=[0.9,0.99]` is fine for adam)."""
+    data_keys = [k.split(".", 1)[1] for k in RULES if k.startswith("data.")]
+    optimizer = get_class(cfg.optimizer._target_)
+    optimizer_keys = [p for p in inspect.signature(optimizer).parameters if p != "params"]
+    for section, allowed, owner in (("data", data_keys, "data"),
+                                    ("optimizer", optimizer_keys, optimizer.__name__)):
         for key, value in cfg[section].items():
-            if key not in allowed:
+            if key not in allowed and key not in ("_target_", "_partial_"):
                 raise ConfigError(f"{section}.{key}", value,
-                                  f"no such key; {section} takes {', '.join(allowed)}")
+                                  f"no such key; {owner} takes {', '.join(allowed)}")
 
 
 def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:

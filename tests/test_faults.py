@@ -44,10 +44,13 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
         (["+trainer.accumulate_grad_batches=4"],
          "trainer.accumulate_grad_batches=4 is not allowed: 1: each batch is its own"),
         (["divergence_check_every=0"], "divergence_check_every=0 is not allowed: an integer >= 1"),
-        (["+optimizer.nesterov=true"], "optimizer.nesterov=True is not allowed: no such key; "
-                                       "optimizer takes lr, momentum, weight_decay"),
+        (["+optimizer.nesterof=true"], "optimizer.nesterof=True is not allowed: no such key; "
+                                       "SGD takes lr, momentum, dampening, weight_decay, "
+                                       "nesterov"),
         (["+optimizer.divergence_check_every=5"],
-         "optimizer.divergence_check_every=5 is not allowed: no such key; optimizer takes"),
+         "optimizer.divergence_check_every=5 is not allowed: no such key; SGD takes"),
+        (["optimizer=adam", "+optimizer.momentum=0.9"],
+         "optimizer.momentum=0.9 is not allowed: no such key; Adam takes lr, betas"),
         (["+data.shuffle=false"], "data.shuffle=False is not allowed: no such key; data takes "
                                   "root, download, batch_size,"),
     ],
@@ -71,7 +74,7 @@ def test_the_default_config_passes(cfg_factory):
         ("data.batch_size=abc", "error: data.batch_size='abc' is not allowed: an integer >= 1"),
         ("data.num_folds=5 data.fold=5", "error: data.fold=5 is not allowed"),
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is not allowed"),
-        ("+optimizer.nesterov=true", "error: optimizer.nesterov=True is not allowed: no such key"),
+        ("+optimizer.nesterof=true", "error: optimizer.nesterof=True is not allowed: no such key"),
     ],
 )
 def test_bad_values_stop_before_training(tmp_path, override, message):

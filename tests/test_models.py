@@ -92,7 +92,7 @@ BATCH_NORM_PARAMS = {"two_conv_one_fc": 1_626_090, "one_conv_two_fc": 411_626,
 
 @pytest.mark.parametrize("name", STUDY_NETS)
 def test_batch_norm_precedes_every_hidden_relu(name):
-    net = MODELS[name](norm="batch")
+    net = build_model(name, norm="batch")
     assert num_params(net) == BATCH_NORM_PARAMS[name]
     layers = list(net.features.modules())
     norms = [i for i, m in enumerate(layers) if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
@@ -105,8 +105,8 @@ def test_batch_norm_precedes_every_hidden_relu(name):
 
 @pytest.mark.parametrize("name", STUDY_NETS)
 def test_dropout_is_off_by_default_and_random_only_in_training(name):
-    assert not any(isinstance(m, nn.Dropout) for m in MODELS[name]().modules())
-    net = MODELS[name](dropout=0.5)
+    assert not any(isinstance(m, nn.Dropout) for m in build_model(name).modules())
+    net = build_model(name, dropout=0.5)
     assert num_params(net) == EXPECTED_PARAMS[name]
     hidden_fc = sum(isinstance(m, nn.Linear) for m in net.features.modules())
     assert sum(isinstance(m, nn.Dropout) for m in net.modules()) == max(hidden_fc, 1)
@@ -117,6 +117,6 @@ def test_dropout_is_off_by_default_and_random_only_in_training(name):
 
 def test_unknown_norm_or_bad_dropout_is_refused():
     with pytest.raises(ValueError, match="norm"):
-        MODELS["three_fc"](norm="layer")
+        ThreeConv(norm="layer")
     with pytest.raises(ValueError, match="dropout"):
-        MODELS["three_fc"](dropout=1.0)
+        ThreeConv(dropout=1.0)

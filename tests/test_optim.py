@@ -84,7 +84,7 @@ def test_a_resumed_run_continues_its_schedule(tmp_path, cfg_factory, monkeypatch
     (["model.dropout=1"], "model.dropout=1 is not allowed: a number in [0, 1)"),
     (["model.norm=layer"], "model.norm='layer' is not allowed: none or batch"),
     (["optimizer=adamw", "+optimizer.momentum=0.9"],
-     "optimizer.momentum=0.9 is not allowed: a number in [0, 1) with optimizer=sgd, unset"),
+     "optimizer.momentum=0.9 is not allowed: no such key; AdamW takes lr, betas"),
     (["scheduler=cosine", "scheduler.warmup=1"], "scheduler.warmup=1 is not allowed"),
     (["scheduler=step", "scheduler.milestones=[5,8]"], "scheduler.milestones=[5, 8] is not"),
 ])
