@@ -51,7 +51,7 @@ def test_an_optuna_search_started_again_continues_its_study(tmp_path):
     assert "## optuna search" in md and "3 trials" in md
     assert (tmp_path / "optuna_parallel_coordinates.png") in report.figures
     try:
-        import sklearn  # noqa: F401  optuna's fANOVA evaluator needs it
+        import sklearn  # noqa: F401  optuna's importance evaluator needs it
     except ImportError:
         assert "needs scikit-learn" in md
     else:
