@@ -19,6 +19,8 @@ from fmnist_lab.runs import LOCK_FILE, RunHeld, hold_run
 from fmnist_lab.train import train
 from tests.conftest import ROOT, TINY, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs the command line
+
 QUICK = ["model=three_fc", "data.test_size=200", "num_threads=1"]
 FAST = [*TINY, *QUICK]
 HOST = socket.gethostname()

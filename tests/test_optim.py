@@ -30,6 +30,7 @@ def test_the_default_optimizer_is_the_seeds_sgd(cfg_factory):
 
 
 # The learning rate after the run's last step: (at least, at most).
+@pytest.mark.slow  # trains every schedule for a few hundred steps
 @pytest.mark.parametrize(("overrides", "last_lr"), [
     (["scheduler=cosine"], (0.0, 1e-12)),                   # decays to min_lr_ratio 0
     (["scheduler=step"], (0.9e-4, 1.1e-4)),                 # 0.01 x 0.1 x 0.1: both milestones
@@ -57,6 +58,7 @@ class StopAfterOneEpoch(History):
         trainer.should_stop = True
 
 
+@pytest.mark.slow  # trains, stops, resumes and trains again
 def test_a_resumed_run_continues_its_schedule(tmp_path, cfg_factory, monkeypatch):
     cfg = cfg_factory(*FAST, "trainer.max_epochs=2", "scheduler=cosine", "optimizer.lr=0.05")
     straight = train(cfg, tmp_path / "straight")

@@ -13,6 +13,8 @@ from fmnist_lab.report import write_report
 from tests.conftest import TINY, run_cli
 from tests.test_report import fake_result
 
+pytestmark = pytest.mark.slow  # every test here runs the command line
+
 optuna = pytest.importorskip("optuna")
 FAST = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
 

@@ -92,12 +92,14 @@ def _metrics(session: dict) -> dict[str, float]:
     return {m["name"]["tag"]: float(m.get("value", 0.0)) for m in session["metricValues"]}
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_sweep_runs_are_named_by_what_varies(sweep):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == NAMES
     overrides = _results(sweep, NAMES[3])["overrides"]
     assert "data.train_size=300" in overrides  # what all runs share is still recorded
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_the_same_command_finds_the_same_runs(sweep):
     proc = _sweep_command(sweep)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,10 +107,12 @@ def test_the_same_command_finds_the_same_runs(sweep):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == NAMES
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_tensorboards_run_list_shows_the_short_names(board):
     assert sorted(board.scalars) == [f"{name}/tensorboard" for name in NAMES]
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_curves_are_drawn_over_epochs_with_no_epoch_chart(board):
     for run, tags in board.scalars.items():
         assert "epoch" not in tags, run
@@ -117,6 +121,7 @@ def test_curves_are_drawn_over_epochs_with_no_epoch_chart(board):
         assert [d.step for d in completed[tag]] == [1, 2], tag
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_hparams_columns_are_the_choices_and_the_studys_values(board):
     columns = [h["name"] for h in board.experiment["hparamInfos"]]
     # The HParams tab shows the first five: the choices and what the sweep varies.
@@ -135,6 +140,7 @@ def test_hparams_columns_are_the_choices_and_the_studys_values(board):
     assert {r["trainer.max_epochs"] for r in rows.values()} == {2}
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_hparams_metrics_are_the_runs_outcome(board, sweep):
     assert [m["name"]["tag"] for m in board.experiment["metricInfos"]] == list(METRICS)
     for name in NAMES:
@@ -154,6 +160,7 @@ def test_hparams_metrics_are_the_runs_outcome(board, sweep):
     assert {_results(sweep, n)["status"] for n in NAMES} == {"completed", "diverged"}
 
 
+@pytest.mark.slow  # a real sweep through the command line
 def test_custom_scalars_lay_out_loss_and_accuracy_each_train_and_val_together(board):
     [category] = board.layout["category"]
     charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"]}
