@@ -62,10 +62,10 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # did before they existed. At that value a key is left out of a run's identity, so a recorded
 # run (results/study) keeps matching the same configuration composed by newer code.
 IMPLIED: dict[str, Any] = {
-    # Regularisation in the networks (issue 13): off, as the seed's networks had none.
+    # Regularisation in the networks: off, as the seed's networks had none.
     "model.dropout": 0.0,
     "model.norm": "none",
-    # The optimizer became a config group (issue 13); its default, sgd, is the SGD all runs
+    # The optimizer became a config group; its default, sgd, is the SGD all runs
     # used, built from the same lr, momentum and weight_decay keys as before.
     "optimizer._target_": "torch.optim.SGD",
     "optimizer._partial_": True,

@@ -109,7 +109,7 @@ RULES: dict[str, Rule] = {
         "32-true, bf16-mixed or 16-mixed",
     ),
     "num_threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
-    # Regularisation and schedules (issue 13). resnet18 has neither model key: unset is fine.
+    # Regularisation and schedules. resnet18 has neither model key: unset is fine.
     "loss.label_smoothing": (lambda v, c: fraction(v), "a number in [0, 1)"),
     "model.dropout": (lambda v, c: v is None or fraction(v), "a number in [0, 1)"),
     "model.norm": (lambda v, c: v is None or v in NORMS, " or ".join(NORMS)),
