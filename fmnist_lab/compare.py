@@ -38,6 +38,7 @@ from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_ho
 from fmnist_lab.models import StudyNet, build_model, model_config, model_name, model_names
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
+from fmnist_lab.runs import checkpoint_to_resume
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
 from fmnist_lab.transforms import normalize, to_unit_float
 
@@ -208,17 +209,27 @@ def load_torchvision_resnet18(path: Path, key: str) -> nn.Module:
 
 def load_network(role: str, path: Path, model: str | None, trained_here: bool = False
                  ) -> Network:
-    """The network of a run folder (its checkpoints/last.ckpt) or of a checkpoint file."""
+    """The network of a finished run folder (the weights its test accuracy was measured on)
+    or of a checkpoint file (any: an unfinished run's too)."""
     key = f"compare.{role}"
     results = None
     if path.is_dir():
         results = read_results(path)
+        if results and results.get("reused_from"):  # the run that trained it holds the weights
+            path = (path / results["reused_from"]).resolve()
+            results = read_results(path)
         status = (results or {}).get("status")
         if status in ("diverged", "failed"):
             raise CompareError(f"{path}: the run {status}; its weights cannot be compared "
                                "(a smaller optimizer.lr may help)")
-        checkpoint = path / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
+        if status != "completed":
+            raise CompareError(f"{path}: the run has not finished (no completed results.json): "
+                               "finish it (the same command resumes it), or name one of its "
+                               "checkpoints/*.ckpt files to compare those weights")
+        # The final epoch's weights: last.ckpt, or the epoch file beside it if that one is
+        # damaged (checked as a resume checks it).
+        checkpoint = checkpoint_to_resume(path / "checkpoints")
+        if checkpoint is None:
             raise ConfigError(key, str(path), "a run folder of fmnist_lab.train holding "
                               "checkpoints/last.ckpt, or a .ckpt file")
     elif path.is_file():

@@ -42,10 +42,13 @@ def grid_jobs(config: DictConfig) -> list[list[str]]:
 
 
 def constant_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep sets to one value for all its jobs (command line or sweeper params)."""
-    overrides = sweep_overrides(config)
-    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
-    return sorted({o.key_or_group for o in overrides} - swept)
+    """The keys a sweep sets to one value for all its jobs (command line or sweeper params).
+
+    A key given twice takes its last value, as the basic sweeper does: `seed=0` on the command
+    line pins an experiment's `seed: 0,1,2`.
+    """
+    last = {o.key_or_group: o for o in sweep_overrides(config)}
+    return sorted(k for k, o in last.items() if not o.is_sweep_override())
 
 
 class NameRunsByWhatVaries(Callback):

@@ -5,6 +5,8 @@ a few dozen images and one epoch: the numbers mean nothing, the plumbing is what
 """
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ import torch
 import torchvision
 
 from fmnist_lab.compare import (
+    CompareError,
     correlation_stats,
     linear_cka,
+    load_network,
     load_study_net,
     recognise_model,
     run_compare,
@@ -183,6 +187,29 @@ def test_compare_of_given_run_and_checkpoint_reproduces_the_numbers(trained_comp
     assert [p["linear_cka"] for p in summary["cka"]] == pytest.approx(
         [p["linear_cka"] for p in first["cka"]], abs=1e-6)
     assert not (tmp_path / "reference").exists()  # nothing was trained
+
+
+@pytest.mark.slow
+def test_a_run_folder_gives_its_final_weights_or_a_one_line_reason(trained_compare, tmp_path):
+    out, _ = trained_compare
+    final = load_network("candidate", out / "candidate", None).net.state_dict()
+
+    def same_weights(network) -> bool:
+        state = network.net.state_dict()
+        return state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
+
+    run = tmp_path / "run"
+    shutil.copytree(out / "candidate", run)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"cut short")  # damaged: the epoch file
+    assert same_weights(load_network("candidate", run, None))
+    reused = tmp_path / "study" / "reused"  # a run that reused another's results
+    reused.mkdir(parents=True)
+    (reused / "results.json").write_text(json.dumps(
+        {"status": "completed", "reused_from": os.path.relpath(run, reused)}))
+    assert same_weights(load_network("candidate", reused, None))
+    (run / "results.json").unlink()  # interrupted: only its checkpoints are there
+    with pytest.raises(CompareError, match="has not finished"):
+        load_network("candidate", run, None)
 
 
 @pytest.mark.slow

@@ -120,6 +120,22 @@ def test_slurm_preset_composes(cfg_factory):
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.cpus_per_task == 4
 
 
+def test_a_command_line_value_pins_a_swept_key_out_of_the_run_names():
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.sweep import constant_keys
+
+    def sweep(params, task):
+        return OmegaConf.create({"hydra": {"sweeper": {"params": params},
+                                           "overrides": {"task": task}}})
+
+    # experiment=tuned sweeps seed: 0,1,2; seed=0 on the command line leaves one value.
+    pinned = sweep({"seed": "0,1,2"}, ["seed=0", "transforms.erase=0.25,0.0"])
+    assert constant_keys(pinned) == ["seed"]
+    widened = sweep({"model.dropout": "0.3"}, ["model.dropout=0.1,0.3", "seed=1"])
+    assert constant_keys(widened) == ["seed"]
+
+
 def test_threads_are_split_between_parallel_jobs():
     from omegaconf import OmegaConf
 
