@@ -331,4 +331,11 @@ def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str],
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # Ctrl-C outside a run's training (Hydra composing a sweep's next job, say): nothing
+        # half-written to report; say so in one line, as an interrupted run does.
+        print("interrupted between runs: every finished run is kept; the same command goes on",
+              file=sys.stderr)
+        sys.exit(130)

@@ -157,6 +157,19 @@ def test_sigterm_stops_a_sweep_naming_finished_runs_and_the_same_command_resumes
     assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
 
 
+def test_ctrl_c_as_a_sweep_moves_to_its_next_run_is_one_line_and_130(tmp_path, start):
+    # The moment the first run's result lands, the process is finishing that run, in Hydra
+    # starting the next, or in the next run's set-up: wherever the signal lands, one line.
+    args = ["-m", *FAST, "trainer.max_epochs=1", "seed=0,1,2"]
+    log = tmp_path / "sweep.log"
+    proc = start(args, log, cwd=tmp_path)
+    wait_for("outputs/multirun/train/*/0_seed=0/results.json", tmp_path, proc, log)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output and "interrupted" in output, output
+
+
 def test_a_second_process_skips_a_held_run_in_a_sweep_and_refuses_it_alone(tmp_path, start):
     sweep = ["-m", *FAST, "trainer.max_epochs=1000", f"hydra.sweep.dir={tmp_path}/sweep"]
     holder = start(sweep, tmp_path / "holder.log")
