@@ -334,8 +334,8 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        # Ctrl-C outside a run's training (Hydra composing a sweep's next job, say): nothing
-        # half-written to report; say so in one line, as an interrupted run does.
-        print("interrupted between runs: every finished run is kept; the same command goes on",
-              file=sys.stderr)
+        # Ctrl-C outside a run's own handler: Hydra composing a sweep's next job, or a joblib
+        # sweep's parent while its workers train. One line, as an interrupted run gives.
+        print("interrupted: finished runs are kept; the same command skips them and resumes "
+              "the others from their last checkpoints", file=sys.stderr)
         sys.exit(130)

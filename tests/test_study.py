@@ -16,6 +16,9 @@ from tests.conftest import ROOT, TINY, compose_config, run_cli
 from tests.test_report import fake_result, table, write_sweep
 
 STUDY = ROOT / "results" / "study"
+# Every committed record of full-scale runs: the study, and the tuned recipe's search and seeds.
+RECORDS = [STUDY, ROOT / "results" / "tuned"]
+records = pytest.mark.parametrize("record", RECORDS, ids=lambda p: p.name)
 QUICK = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
 
 
@@ -89,17 +92,19 @@ def test_the_seed_study_numbers_stand_beside_ours(tmp_path: Path):
     assert rows["1024"][seed_column] == "—"  # a value the seed did not run
 
 
-def test_the_committed_study_regenerates_its_report_exactly(tmp_path: Path):
-    assert (STUDY / "report.md").is_file(), "results/study holds the study's record"
-    copy = tmp_path / "study"
-    shutil.copytree(STUDY, copy)
+@records
+def test_the_committed_record_regenerates_its_report_exactly(tmp_path: Path, record: Path):
+    assert (record / "report.md").is_file(), f"{record} holds a record and its report"
+    copy = tmp_path / record.name
+    shutil.copytree(record, copy)
     (copy / "report.md").unlink()
     write_report(copy)
-    assert (copy / "report.md").read_text() == (STUDY / "report.md").read_text()
+    assert (copy / "report.md").read_text() == (record / "report.md").read_text()
 
 
-def test_the_committed_study_trains_no_config_twice():
-    runs = [json.loads(p.read_text()) for p in STUDY.rglob("results.json")]
+@records
+def test_the_committed_record_trains_no_config_twice(record: Path):
+    runs = [json.loads(p.read_text()) for p in record.rglob("results.json")]
     trained = [r["run_key"] for r in runs if not r.get("reused_from")]
     assert trained and len(trained) == len(set(trained))
     assert all(r["status"] in ("completed", "diverged") for r in runs)
@@ -110,10 +115,11 @@ def test_the_committed_study_trains_no_config_twice():
         assert r["config"]["optimizer"]["momentum"] == 0.9
 
 
-def test_the_current_code_composes_the_committed_runs_identically():
+@records
+def test_the_current_code_composes_the_committed_runs_identically(record: Path):
     """`make study STUDY_DIR=results/study` must find every recorded run as the same run:
     a config key added since then needs its implied value in results.IMPLIED."""
-    runs = [json.loads(p.read_text()) for p in STUDY.rglob("results.json")]
+    runs = [json.loads(p.read_text()) for p in record.rglob("results.json")]
     assert runs
     for recorded in runs:
         cfg = compose_config("config", *recorded["overrides"])
