@@ -245,9 +245,20 @@ def group_sweeps(runs: list[Run]) -> list[Sweep]:
         for run in exp_runs:
             values = tuple(run.params.get(k) for k in keys)
             rows.setdefault(tuple(_key(v) for v in values), Row(values)).runs.append(run)
+        for row in rows.values():
+            row.runs = _each_run_once(row.runs)
         sweeps.append(Sweep(name, keys, _grid_order(list(rows.values()))))
     rank = {name: i for i, name in enumerate(STUDY_ORDER)}
     return sorted(sweeps, key=lambda s: (rank.get(s.name, len(rank)), s.name))
+
+
+def _each_run_once(runs: list[Run]) -> list[Run]:
+    """A run that reused one of the same row (a recipe's seed 0 found in its own search)
+    counts once, as the run that trained it."""
+    kept: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: bool(r.result.get("reused_from"))):  # stable
+        kept.setdefault(run.result.get("run_key") or str(run.path), run)
+    return list(kept.values())
 
 
 def _grid_order(rows: list[Row]) -> list[Row]:

@@ -116,6 +116,24 @@ def test_rows_are_mean_and_std_over_seeds(lr_sweep: Path):
     assert "exceeds the seed-to-seed noise (combined std 1.41 points)" in md
 
 
+def test_a_run_reused_within_its_own_experiment_counts_once(tmp_path: Path):
+    # A search's best run (seed 0), then the recipe's seeds 0-2 in another folder, seed 0
+    # reused from the search: the row holds three runs, not four.
+    search = fake_result("tuned", {"data.batch_size": 64}, 0, val_acc=0.93)
+    recipe = [fake_result("tuned", {"data.batch_size": 64}, seed, val_acc=0.93 + seed / 100)
+              for seed in (0, 1, 2)]
+    for result in [search, *recipe]:
+        result["run_key"] = f"key{result['seed']}"
+    recipe[0]["reused_from"] = "../../search/0_data.batch_size=64"
+    write_sweep(tmp_path / "search", [search])
+    write_sweep(tmp_path / "recipe", recipe)
+    md = write_report(tmp_path).markdown.read_text()
+    rows = table(md, "tuned")
+    assert column(rows, "(all runs)", "n") == "3"
+    assert column(rows, "(all runs)", "val acc % ep 3") == "94.00 ± 1.00"
+    assert "shares its" not in md
+
+
 def test_diverged_value_shows_as_diverged(lr_sweep: Path):
     rows = table(write_report(lr_sweep).markdown.read_text(), "learning_rate")
     assert column(rows, "1", "status") == "2 diverged (epoch 2)"

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, TINY, compose_config, run_cli
 from tests.test_report import fake_result, table, write_sweep
 
 STUDY = ROOT / "results" / "study"
-# Every committed record of full-scale runs: the study, and the tuned recipe's search and seeds.
+# Every committed record of full-scale runs: the study; the tuned recipe's search and seeds.
 RECORDS = [STUDY, ROOT / "results" / "tuned"]
 records = pytest.mark.parametrize("record", RECORDS, ids=lambda p: p.name)
 QUICK = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
@@ -115,13 +115,24 @@ def test_the_committed_record_trains_no_config_twice(record: Path):
         assert r["config"]["optimizer"]["momentum"] == 0.9
 
 
-@records
-def test_the_current_code_composes_the_committed_runs_identically(record: Path):
+def test_the_current_code_composes_the_committed_runs_identically():
     """`make study STUDY_DIR=results/study` must find every recorded run as the same run:
     a config key added since then needs its implied value in results.IMPLIED."""
-    runs = [json.loads(p.read_text()) for p in record.rglob("results.json")]
+    runs = [json.loads(p.read_text()) for p in STUDY.rglob("results.json")]
     assert runs
     for recorded in runs:
         cfg = compose_config("config", *recorded["overrides"])
         assert run_key(OmegaConf.to_container(cfg, resolve=True)) == recorded["run_key"], (
             recorded["overrides"])
+
+
+def test_experiment_tuned_is_the_recorded_recipe():
+    """`python -m fmnist_lab.train experiment=tuned` trains exactly the runs whose numbers the
+    README gives: seeds 0, 1, 2 of results/tuned/recipe (the search rounds beside it ran
+    earlier versions of the recipe, each with its composed config in its results.json)."""
+    recipe = [json.loads(p.read_text()) for p in (RECORDS[1] / "recipe").rglob("results.json")]
+    assert sorted(r["seed"] for r in recipe) == [0, 1, 2]
+    for recorded in recipe:
+        cfg = compose_config("config", "experiment=tuned", f"seed={recorded['seed']}")
+        assert run_key(OmegaConf.to_container(cfg, resolve=True)) == recorded["run_key"]
+        assert cfg.model.norm == "none" and recorded["num_params"] == 1_625_866

@@ -36,8 +36,8 @@ def test_make_study_runs_every_experiment_then_one_report(tmp_path):
                            "study", f"STUDY_DIR={tmp_path}",
                            # One job at a time: the joblib launcher of the default JOBS=2 is
                            # tested below; its workers' start-up would double this test's time.
-                           "SEEDS=0", "JOBS=1", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+                           "SEEDS=0", "JOBS=1", f"ARGS={args}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for experiment, (key, count) in GRIDS.items():
         runs = _results(tmp_path / experiment)
