@@ -524,8 +524,8 @@ def failed_lines(sweep: Sweep, root: Path) -> list[str]:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root)) or "."
+    try:  # the same words whether the report was asked for a relative or an absolute folder
+        return str(path.resolve().relative_to(Path(root).resolve())) or "."
     except ValueError:
         return str(path)
 
