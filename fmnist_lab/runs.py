@@ -1,7 +1,8 @@
 """What keeps a run folder usable after a fault: rerunning the same command always goes on.
 
 - `AtomicCheckpointIO` writes checkpoints beside their final name, then renames them: a
-  power cut or a full disk mid-write leaves the previous checkpoint, never half a file.
+  power cut or a full disk mid-write leaves the previous checkpoint, never half a file; a
+  signal that arrives meanwhile is handled once the checkpoint is in place.
 - `checkpoint_to_resume` loads a run's checkpoints before it resumes from one, and sets a
   damaged one aside (renamed `*.damaged`, kept for a post-mortem) with one line.
 - `hold_run` lets one process at a time train in a run folder (`run.lock`: pid and host).
@@ -35,18 +36,45 @@ LOCK_FILE = "run.lock"
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's own save writes to a temporary file in the system's temp folder and moves
     it over the checkpoint: a copy, not a rename, when that folder is on another disk. Here
-    the temporary file sits beside the checkpoint."""
+    the temporary file sits beside the checkpoint, and a signal waits for the rename."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, or a power cut can undo it
-        os.replace(tmp, path)
+        with signals_held():
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename, or a power cut can undo it
+            os.replace(tmp, path)
+
+
+# Ctrl-C, a scheduler's stop, submitit's preemption and time-limit signals.
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Run the block before any handler of HELD_SIGNALS: one that ran inside torch.save (an
+    Interrupted raised, submitit checkpointing for a requeue) broke the write, and the run
+    was recorded as failed instead of stopped or requeued. Handled once the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs handlers in the main thread only, and only it may set them
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in HELD_SIGNALS:
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # ignored stays ignored
+            previous[signum] = signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)
 
 
 def checkpoint_to_resume(folder: Path) -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_lab.runs import LOCK_FILE, RunHeld, hold_run
+from fmnist_lab.runs import LOCK_FILE, AtomicCheckpointIO, RunHeld, hold_run
 from fmnist_lab.train import train
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -72,6 +72,33 @@ def resume_command(stderr: str) -> list[str]:
 
 def results(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_the_checkpoint(tmp_path):
+    # A preemption (SIGUSR2) that arrived inside torch.save broke the write: the run was
+    # recorded as failed instead of requeued. Now the handler runs after the rename.
+    seen: list[str] = []
+    def handler(signum, frame):
+        where = "in place" if (tmp_path / "last.ckpt").is_file() else "missing"
+        seen.append(f"handled with last.ckpt {where}")
+
+    previous = signal.signal(signal.SIGUSR2, handler)
+    real_save = torch.save
+
+    def save_and_get_signalled(obj, f):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        real_save(obj, f)
+        seen.append("written")
+
+    try:
+        torch.save = save_and_get_signalled
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(3)}, tmp_path / "last.ckpt")
+    finally:
+        torch.save = real_save
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == ["written", "handled with last.ckpt in place"]
+    assert signal.getsignal(signal.SIGUSR2) is previous
+    assert torch.load(tmp_path / "last.ckpt")["weights"].sum() == 3
 
 
 @pytest.mark.parametrize("damage", ["truncated last.ckpt", "every checkpoint empty"])
