@@ -6,6 +6,8 @@
 - `checkpoint_to_resume` loads a run's checkpoints before it resumes from one, and sets a
   damaged one aside (renamed `*.damaged`, kept for a post-mortem) with one line.
 - `hold_run` lets one process at a time train in a run folder (`run.lock`: pid and host).
+- `claim_config` lets one process at a time train a config and seed below a study's folder:
+  sweeps that run side by side and share a run train it once; the later one waits for it.
 - `stop_on_signals` turns Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) into
   `Interrupted`, which `fmnist_lab.train` reports with `epochs_kept` and the command that
   resumes the run.
@@ -170,6 +172,15 @@ def _take(lock: Path, me: dict[str, Any]) -> None:
 
 
 @contextmanager
+def _holding(lock: Path, me: dict[str, Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if _read(lock) == me:  # still ours
+            lock.unlink()
+
+
+@contextmanager
 def hold_run(folder: Path) -> Iterator[None]:
     """Hold `folder` while inside; raises RunHeld naming the holder when a live process
     holds it. A lock whose process has ended (killed: no clean-up) is taken over."""
@@ -177,11 +188,62 @@ def hold_run(folder: Path) -> Iterator[None]:
     lock = folder / LOCK_FILE
     me = _this_process()
     _take(lock, me)
-    try:
+    with _holding(lock, me):
         yield
+
+
+CLAIMS_DIR = ".claims"
+CLAIM_POLL_S = 5.0
+CLAIM_HEARTBEAT_S = 60.0
+CLAIM_STALE_S = 600.0
+
+
+def _refresh(lock: Path, stop: threading.Event) -> None:
+    while not stop.wait(CLAIM_HEARTBEAT_S):
+        try:
+            os.utime(lock)
+        except OSError:
+            return
+
+
+@contextmanager
+def claim_config(root: Path, key: str, folder: Path) -> Iterator[None]:
+    """Hold the claim on the config and seed `key` (results.run_key) below `root` while
+    inside. A process that reaches a claimed config waits until its holder ends, then goes
+    on (and finds the finished run to reuse): sweeps that run side by side into one study
+    and share a run (the default config) train it once.
+
+    A claim's file is refreshed every CLAIM_HEARTBEAT_S: one from another machine (whose
+    pid cannot be checked) left untouched for CLAIM_STALE_S belongs to a process that died.
+    """
+    lock = root / CLAIMS_DIR / f"{key}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {**_this_process(), "folder": str(folder)}
+    told = False
+    while True:
+        try:
+            if time.time() - lock.stat().st_mtime > CLAIM_STALE_S:
+                log.warning("taking over %s: untouched for %.0f s", lock, CLAIM_STALE_S)
+                lock.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        try:
+            _take(lock, me)
+            break
+        except RunHeld:
+            if not told:
+                holder = _read(lock)
+                print(f"waiting for {_describe(holder)}, which trains the same config and "
+                      f"seed in {holder.get('folder')}", flush=True)
+                told = True
+            time.sleep(CLAIM_POLL_S)
+    stop = threading.Event()
+    threading.Thread(target=_refresh, args=(lock, stop), daemon=True).start()
+    try:
+        with _holding(lock, me):
+            yield
     finally:
-        if _read(lock) == me:  # still ours
-            lock.unlink()
+        stop.set()
 
 
 class Interrupted(BaseException):

@@ -43,6 +43,7 @@ from fmnist_lab.runs import (
     Interrupted,
     RunHeld,
     checkpoint_to_resume,
+    claim_config,
     epochs_kept,
     hold_run,
     stop_on_signals,
@@ -244,9 +245,15 @@ def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) 
     try:
         check_config(cfg)
         reuse_root = cfg.reuse_runs_in or (hydra_cfg.sweep.dir if multirun else None)
-        result = reuse(cfg, out_dir, Path(reuse_root), overrides, choices) if reuse_root else None
-        if result is None:
+        if reuse_root is None:
             result = train(cfg, out_dir, overrides, choices)
+        else:
+            # Claimed first: a sweep beside this one that is training the same run is waited
+            # for, then reused, instead of trained a second time.
+            key = run_key(OmegaConf.to_container(cfg, resolve=True))
+            with claim_config(Path(reuse_root), key, out_dir):
+                result = (reuse(cfg, out_dir, Path(reuse_root), overrides, choices)
+                          or train(cfg, out_dir, overrides, choices))
     except (ConfigError, DataError) as e:
         if multirun:
             _record_failure(out_dir, cfg, overrides, choices, e)

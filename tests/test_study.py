@@ -4,14 +4,20 @@ a run that sat at chance is called collapsed, not completed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from fmnist_lab.report import load_runs, write_report
+from fmnist_lab import runs
 from fmnist_lab.results import read_results, run_key
+from fmnist_lab.runs import CLAIMS_DIR, claim_config
 from tests.conftest import ROOT, TINY, compose_config, run_cli
 from tests.test_report import fake_result, table, write_sweep
 
@@ -58,6 +64,64 @@ def test_a_config_and_seed_shared_by_two_sweeps_trains_once(tmp_path: Path):
     assert other.returncode != 0
     assert "holds a run of another config" in other.stderr and "Traceback" not in other.stderr
     assert read_results(trained) == original
+
+
+@pytest.mark.slow
+def test_sweeps_side_by_side_train_a_shared_config_once(tmp_path: Path):
+    """Two sweeps reach the same config while a third process trains it: both wait; once it
+    ends (here without a result), one of them trains it and the other reuses that."""
+    shared = [*QUICK, "data.batch_size=32", "optimizer.lr=0.01"]
+    key = run_key(OmegaConf.to_container(compose_config("config", *shared), resolve=True))
+    logs = {name: tmp_path / f"{name}.log" for name in ("lrs", "batches")}
+    grids = {"lrs": "optimizer.lr=0.01,0.1", "batches": "data.batch_size=32,64"}
+    procs = {}
+    with claim_config(tmp_path, key, tmp_path / "elsewhere"):
+        for name, grid in grids.items():
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "fmnist_lab.train", "-m", *QUICK, f"name={name}", grid,
+                 f"hydra.sweep.dir={tmp_path / name}", f"reuse_runs_in={tmp_path}"],
+                cwd=ROOT, stdout=logs[name].open("w"), stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 300
+        waiting = f"waiting for pid {os.getpid()}"
+        while not all(waiting in log.read_text() for log in logs.values()):
+            assert time.time() < deadline and all(p.poll() is None for p in procs.values()), \
+                "\n".join(log.read_text() for log in logs.values())
+            time.sleep(0.5)
+        assert not list(tmp_path.rglob("checkpoints"))  # neither trains while it waits
+    for name, proc in procs.items():
+        assert proc.wait(timeout=300) == 0, logs[name].read_text()
+
+    folders = [tmp_path / "lrs/0_optimizer.lr=0.01", tmp_path / "batches/0_data.batch_size=32"]
+    results = [read_results(folder) for folder in folders]
+    assert [r["run_key"] for r in results] == [key, key]
+    reused = [bool(r.get("reused_from")) for r in results]
+    assert sorted(reused) == [False, True]  # trained in one folder, reused in the other
+    trained, twin = (folders[0], folders[1]) if reused[1] else (folders[1], folders[0])
+    assert (twin / read_results(twin)["reused_from"]).resolve() == trained.resolve()
+    assert (trained / "checkpoints").exists() and not (twin / "checkpoints").exists()
+    assert not list((tmp_path / CLAIMS_DIR).iterdir())  # every claim released
+
+
+def test_a_claim_is_released_refreshed_and_taken_over_when_stale(tmp_path: Path, monkeypatch):
+    lock = tmp_path / CLAIMS_DIR / "k.lock"
+    monkeypatch.setattr(runs, "CLAIM_HEARTBEAT_S", 0.05)
+    with claim_config(tmp_path, "k", tmp_path / "run"):
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["folder"] == str(tmp_path / "run")
+        os.utime(lock, (0, 0))
+        time.sleep(0.5)
+        assert time.time() - lock.stat().st_mtime < 5  # refreshed while held
+    assert not lock.exists()
+
+    # Another machine's claim cannot be checked by pid: once untouched for CLAIM_STALE_S,
+    # its process is taken to have died.
+    lock.write_text(json.dumps({"pid": 4242, "host": "node-7", "since": "2026-01-01 00:00:00",
+                                "folder": "elsewhere"}))
+    monkeypatch.setattr(runs, "CLAIM_STALE_S", 60)
+    os.utime(lock, (time.time() - 120,) * 2)
+    with claim_config(tmp_path, "k", tmp_path / "run"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
 def test_a_run_that_sits_at_chance_is_collapsed_and_never_best(tmp_path: Path):

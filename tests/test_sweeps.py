@@ -33,10 +33,10 @@ def test_make_study_runs_every_experiment_then_one_report(tmp_path):
     args = " ".join(o for o in FAST if not o.startswith(("model=", "data.batch_size=")))
     # -o: the suite runs after `make setup`; do not reinstall because pyproject.toml is newer.
     proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "-o", "data",
-                           "study", f"STUDY_DIR={tmp_path}",
-                           # One job at a time: the joblib launcher of the default JOBS=2 is
-                           # tested below; its workers' start-up would double this test's time.
-                           "SEEDS=0", "JOBS=1", f"ARGS={args}"],
+                           # Two sweeps side by side (the default on CPUs), which share the
+                           # default run: one trains it, the others reuse it.
+                           "study", f"STUDY_DIR={tmp_path}", "SEEDS=0", "JOBS=2",
+                           f"ARGS={args}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for experiment, (key, count) in GRIDS.items():
@@ -45,6 +45,10 @@ def test_make_study_runs_every_experiment_then_one_report(tmp_path):
         assert all(r["config"]["name"] == experiment for r in runs)
         values = {next(o for o in r["overrides"] if o.startswith(f"{key}=")) for r in runs}
         assert len(values) == count, experiment
+    # The default run belongs to four experiments; two sweeps at a time still train it once.
+    trained = [r["run_key"] for r in _results(tmp_path) if not r.get("reused_from")]
+    assert len(trained) == len(set(trained))
+    assert sum(1 for r in _results(tmp_path) if r.get("reused_from")) == 3
     assert {r["model"] for r in _results(tmp_path / "architecture")} == {
         "two_conv_one_fc", "one_conv_two_fc", "three_fc", "three_conv"}
     assert str(tmp_path / "report.md") in proc.stdout
