@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist_lab.report import load_runs, write_report
 from fmnist_lab import runs
+from fmnist_lab.report import load_runs, write_report
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
 from tests.conftest import ROOT, TINY, compose_config, run_cli
