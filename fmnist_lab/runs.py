@@ -8,6 +8,7 @@
 - `hold_run` lets one process at a time train in a run folder (`run.lock`: pid and host).
 - `claim_config` lets one process at a time train a config and seed below a study's folder:
   sweeps that run side by side and share a run train it once; the later one waits for it.
+- `hold_gpu` gives each of the runs side by side on a machine with several GPUs its own.
 - `stop_on_signals` turns Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) into
   `Interrupted`, which `fmnist_lab.train` reports with `epochs_kept` and the command that
   resumes the run.
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -244,6 +246,30 @@ def claim_config(root: Path, key: str, folder: Path) -> Iterator[None]:
             yield
     finally:
         stop.set()
+
+
+GPU_LOCKS = Path(tempfile.gettempdir()) / f"fmnist_lab-gpus-{os.getuid()}"
+
+
+@contextmanager
+def hold_gpu(count: int, lock_dir: Path = GPU_LOCKS) -> Iterator[int]:
+    """The index of one of `count` GPUs that no other run on this machine holds, held while
+    inside: runs side by side (make study's sweeps, joblib's jobs, two terminals) each get
+    their own. When every GPU is held, one is shared (pid mod count), with a warning."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    me = _this_process()
+    for index in range(count):
+        lock = lock_dir / f"gpu{index}.lock"
+        try:
+            _take(lock, me)
+        except RunHeld:
+            continue
+        with _holding(lock, me):
+            yield index
+        return
+    index = os.getpid() % count
+    log.warning("all %d GPUs are held by other runs: sharing GPU %d", count, index)
+    yield index
 
 
 class Interrupted(BaseException):

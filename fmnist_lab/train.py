@@ -14,6 +14,8 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from fmnist_lab.runs import (
     checkpoint_to_resume,
     claim_config,
     epochs_kept,
+    hold_gpu,
     hold_run,
     stop_on_signals,
 )
@@ -136,6 +139,19 @@ def build_module(cfg: DictConfig) -> Classifier:
                       channels_last=cfg.data.channels_last, compile=cfg.compile)
 
 
+@contextmanager
+def _gpu_of_its_own(cfg: DictConfig) -> Iterator[dict[str, Any]]:
+    """Trainer arguments that put the run on a GPU no other run here holds, where there are
+    several and it asks for one (trainer.devices=1, the default): {"devices": [i]}; else {}."""
+    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    count = torch.cuda.device_count() if wants_gpu else 0
+    if count < 2 or cfg.trainer.devices != 1:
+        yield {}
+        return
+    with hold_gpu(count) as index:
+        yield {"devices": [index]}
+
+
 def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,
           choices: dict[str, str] | None = None) -> dict:
     """Fit, test and write `results.json` into `out_dir`; returns what it wrote.
@@ -155,7 +171,6 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         log.info("resuming from %s", resume_from)
 
     history = History()
-    trainer = build_trainer(cfg, out_dir, [history])
     result: dict[str, Any] = {
         "status": "running",
         "model": (choices or {}).get("model") or model_name(cfg.model),
@@ -164,25 +179,27 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "overrides": list(overrides or []),
         "choices": dict(choices or {}),
     }
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    with _gpu_of_its_own(cfg) as device_args:
+        trainer = build_trainer(cfg, out_dir, [history], **device_args)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
-    test: dict[str, float] = {}
-    if module.diverged_epoch is None:
-        test = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule,
-                                                      verbose=False)[0].items()}
-    result.update(
-        status="completed" if module.diverged_epoch is None else "diverged",
-        diverged_epoch=module.diverged_epoch,
-        history=history.epochs,
-        test_loss=test.get("test/loss"),
-        test_acc=test.get("test/acc"),
-        device=trainer.strategy.root_device.type,
-        train_images_per_second=history.images_per_second,
-        train_images=datamodule.num_images("train"),
-        val_images=datamodule.num_images("val"),
-        test_images=datamodule.num_images("test"),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+        test: dict[str, float] = {}
+        if module.diverged_epoch is None:
+            test = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule,
+                                                          verbose=False)[0].items()}
+        result.update(
+            status="completed" if module.diverged_epoch is None else "diverged",
+            diverged_epoch=module.diverged_epoch,
+            history=history.epochs,
+            test_loss=test.get("test/loss"),
+            test_acc=test.get("test/acc"),
+            device=trainer.strategy.root_device.type,
+            train_images_per_second=history.images_per_second,
+            train_images=datamodule.num_images("train"),
+            val_images=datamodule.num_images("val"),
+            test_images=datamodule.num_images("test"),
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
     result["run_key"] = run_key(result["config"])
     log_hparams(trainer.logger.experiment, result)
     write_json_atomic(out_dir / RESULTS_FILE, result)

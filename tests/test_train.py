@@ -1,12 +1,16 @@
 """Real training runs on a few hundred real images, through the code users run."""
 
 import json
+import os
+import socket
 
 import pytest
 import torch
 
 from fmnist_lab.train import train
 from tests.conftest import TINY, run_cli
+
+HOST = socket.gethostname()
 
 RESULT_FIELDS = {"status", "model", "num_params", "seed", "overrides", "history", "test_loss",
                  "test_acc", "device", "train_images_per_second"}
@@ -139,3 +143,43 @@ def test_models_run_on_gpu_when_asked(tmp_path, cfg_factory):
         pytest.skip("no GPU on this machine; the GPU path is checked on the lent H100")
     result = train(cfg_factory("trainer.accelerator=gpu"), tmp_path)
     assert result["device"] == "cuda"
+
+
+def test_runs_side_by_side_on_a_machine_with_several_gpus_each_get_their_own(
+        tmp_path, cfg_factory, monkeypatch, caplog):
+    from fmnist_lab import train as train_module
+    from fmnist_lab.runs import hold_gpu
+
+    def held_by(pid: int, *indices: int) -> None:
+        for i in indices:
+            (tmp_path / f"gpu{i}.lock").write_text(json.dumps({"pid": pid, "host": HOST}))
+
+    held_by(1, 0)  # pid 1 lives as long as the machine: GPU 0 is another run's
+    with hold_gpu(2, tmp_path) as index:
+        assert index == 1
+        assert json.loads((tmp_path / "gpu1.lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "gpu1.lock").exists()  # released at the end of the run
+    held_by(1, 0, 1)
+    with hold_gpu(2, tmp_path) as index:  # all held: shares one, and says so
+        assert index in (0, 1)
+    assert "all 2 GPUs are held by other runs" in caplog.text
+    held_by(2**22 + 1, 0)  # a lock left by a process that has ended is taken over
+    with hold_gpu(2, tmp_path) as index:
+        assert index == 0
+
+    # What a run asks Lightning for: one GPU of its own only where there are several and it
+    # wants one (trainer.devices=1, the default) on a GPU.
+    monkeypatch.setattr(train_module, "hold_gpu", lambda count: hold_gpu(count, tmp_path))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for lock in tmp_path.glob("gpu*.lock"):
+        lock.unlink()
+    held_by(1, 0)
+    on_gpu = "trainer.accelerator=auto"
+    with train_module._gpu_of_its_own(cfg_factory(on_gpu)) as args:
+        assert args == {"devices": [1]}
+    for other in ("trainer.accelerator=cpu", "trainer.devices=2"):
+        with train_module._gpu_of_its_own(cfg_factory(on_gpu, other)) as args:
+            assert args == {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with train_module._gpu_of_its_own(cfg_factory(on_gpu)) as args:
+        assert args == {}
