@@ -13,7 +13,7 @@ SEEDS  ?= 0
 ifndef STUDY_DIR
 STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
-EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation
+EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
 .PHONY: setup data train test test-fast study bench tensorboard lint clean
 
