@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from fmnist_lab import runs
 from fmnist_lab.report import load_runs, write_report
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
-from tests.conftest import ROOT, TINY, compose_config, run_cli
-from tests.test_report import fake_result, table, write_sweep
+from tests.conftest import ROOT, TINY, column, compose_config, run_cli, table
+from tests.test_report import fake_result, write_sweep
 
 STUDY = ROOT / "results" / "study"
 # Every committed record of full-scale runs: the study; the tuned recipe's search and seeds.
@@ -189,6 +190,47 @@ def test_the_current_code_composes_the_committed_runs_identically():
         cfg = compose_config("config", *recorded["overrides"])
         assert run_key(OmegaConf.to_container(cfg, resolve=True)) == recorded["run_key"], (
             recorded["overrides"])
+
+
+def readme_figures() -> dict[str, dict[str, str]]:
+    """README "Results": {experiment: {row label: the row's text}} for every table that
+    follows a line naming its experiment `(record: `EXPERIMENT`...)`."""
+    text = (ROOT / "README.md").read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    figures: dict[str, dict[str, str]] = {}
+    experiment, in_table = None, False
+    for line in text.splitlines():
+        found = re.search(r"\(record: `(\w+)`", line)
+        if found:
+            experiment, in_table = found[1], False
+            figures.setdefault(experiment, {})
+        elif experiment and line.startswith("|"):
+            in_table = True
+            if not line.startswith("|---"):
+                figures[experiment][line.strip("|").split("|")[0].strip()] = line
+        elif in_table:
+            experiment, in_table = None, False
+    return figures
+
+
+def test_the_readmes_results_quote_the_record():
+    """Every number of ours in the README's figure tables is the report's, not hand-kept:
+    n, the first and last epoch's training loss and the test accuracy of each row."""
+    report = (STUDY / "report.md").read_text()
+    figures = readme_figures()
+    assert {"architecture", "learning_rate"} <= {e for e, rows in figures.items() if rows}
+    for experiment, rows in figures.items():
+        if not rows:
+            continue  # named, not yet run
+        section = next(line[3:] for line in report.splitlines()
+                       if line.startswith(f"## {experiment}:"))
+        recorded = table(report, section)
+        quoted = [label for label in rows if label in recorded and label != "header"]
+        assert quoted, experiment
+        for label in quoted:
+            cells = [column(recorded, label, name) for name in
+                     ("n", "train loss ep 1", "train loss ep 10", "test acc %")]
+            for cell in cells:
+                assert cell in rows[label], (experiment, label, cell)
 
 
 def test_experiment_tuned_is_the_recorded_recipe():
