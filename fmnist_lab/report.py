@@ -41,6 +41,7 @@ from fmnist_lab.results import (
 )
 
 COMPARE_FILE = "compare.md"
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep: its grid and command line
 # Config groups that say how a run was launched, not what it learned: never "swept".
 LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 # Shown under a table's heading when the same for all its runs: what the table held fixed.
@@ -212,6 +213,26 @@ def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _declared_keys(sweep_dir: Path) -> frozenset[str]:
+    """The keys the sweep in `sweep_dir` varies, from its multirun.yaml: none without one,
+    or where Hydra is not installed (the report runs without it)."""
+    path = sweep_dir / MULTIRUN_FILE
+    if not path.is_file():
+        return frozenset()
+    try:
+        from omegaconf import OmegaConf
+
+        from fmnist_lab.sweep import swept_keys_declared
+    except ImportError:
+        return frozenset()
+    try:
+        return frozenset(swept_keys_declared(OmegaConf.load(path)))
+    except Exception as e:  # damaged: the runs' own values decide, as without one
+        print(f"warning: {path} is unreadable ({type(e).__name__}); its sweep's keys are "
+              "taken from its runs", file=sys.stderr)
+        return frozenset()
+
+
 def swept_keys(runs: list[Run]) -> list[str]:
     """Config keys whose values differ between runs, seeds and bookkeeping aside.
 
@@ -220,7 +241,11 @@ def swept_keys(runs: list[Run]) -> list[str]:
     """
     groups = {g for r in runs for g in r.result.get("choices") or {}}
     all_keys = sorted({k for r in runs for k in r.params} - BOOKKEEPING)
-    varying = [k for k in all_keys if len({_key(r.params.get(k)) for r in runs}) > 1]
+    # What the sweeps declare counts too: one of a grid's runs, finished before the others,
+    # is that value's row, not a "single configuration".
+    declared = set().union(*map(_declared_keys, {r.path.parent for r in runs}))
+    varying = [k for k in all_keys
+               if k in declared or len({_key(r.params.get(k)) for r in runs}) > 1]
 
     def determined_by_group(key: str) -> bool:
         group = key.split(".", 1)[0]

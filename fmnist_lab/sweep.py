@@ -51,6 +51,13 @@ def constant_keys(config: DictConfig) -> list[str]:
     return sorted(k for k, o in last.items() if not o.is_sweep_override())
 
 
+def swept_keys_declared(config: DictConfig) -> list[str]:
+    """The keys a sweep varies (several values, a range or a search interval), as its
+    `multirun.yaml` declares them: known before all of its runs have finished."""
+    last = {o.key_or_group: o for o in sweep_overrides(config)}
+    return sorted(k for k, o in last.items() if o.is_sweep_override())
+
+
 class NameRunsByWhatVaries(Callback):
     """Leave the overrides every job shares out of the run folders' names.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from fmnist_lab.report import spearman, use_log_scale, write_report
 from tests.conftest import PNG_SIGNATURE, ROOT, column, run_cli, table
@@ -342,3 +343,19 @@ def test_a_one_factor_sweep_gets_no_heatmap(tmp_path):
     report = write_report(write_sweep(tmp_path, results))
     assert not list(tmp_path.glob("*_heatmap.png"))
     assert "Best learning rate per batch size" not in report.markdown.read_text()
+
+
+def test_a_sweep_with_one_run_finished_so_far_is_named_by_its_grid(tmp_path: Path):
+    """A study in progress: one value of a grid has finished. Its multirun.yaml says what
+    the sweep varies, so the report gives that value its row, not "single configuration"."""
+    sweep = write_sweep(tmp_path / "weight_init", [
+        fake_result("weight_init", {"init": "xavier_uniform"}, val_acc=0.918)])
+    md = write_report(tmp_path).markdown.read_text()
+    assert "## weight_init: single configuration" in md  # without the sweep's record
+    OmegaConf.save({"hydra": {"sweeper": {"params": {"init": "xavier_uniform,kaiming_normal"}},
+                              "overrides": {"task": ["experiment=weight_init", "seed=0"]}}},
+                   sweep / "multirun.yaml")
+    md = write_report(tmp_path).markdown.read_text()
+    rows = table(md, "weight_init: init")
+    assert list(rows)[1:] == ["xavier_uniform"]
+    assert "**Best by mean last-epoch validation accuracy:** init = `xavier_uniform`" in md
