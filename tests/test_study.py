@@ -177,6 +177,8 @@ def test_the_committed_record_trains_no_config_twice(record: Path):
     # momentum 0.9 (but where the momentum experiment sweeps it).
     for r in runs:
         assert r["train_images"] in (55_000, 48_000) and r["test_images"] == 10_000
+        if r["config"]["name"] == "compare-reference":
+            continue  # Figure 12's ResNet-18: as many epochs as a CPU allows (README)
         assert r["config"]["trainer"]["max_epochs"] == 10
         assert r["config"]["optimizer"]["momentum"] == 0.9 or r["config"]["name"] == "momentum"
 
