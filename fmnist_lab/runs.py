@@ -219,7 +219,6 @@ def claim_config(root: Path, key: str, folder: Path) -> Iterator[None]:
     pid cannot be checked) left untouched for CLAIM_STALE_S belongs to a process that died.
     """
     lock = root / CLAIMS_DIR / f"{key}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     me = {**_this_process(), "folder": str(folder)}
     told = False
     while True:
@@ -230,8 +229,11 @@ def claim_config(root: Path, key: str, folder: Path) -> Iterator[None]:
         except FileNotFoundError:
             pass
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             _take(lock, me)
             break
+        except FileNotFoundError:
+            continue  # the folder was removed by a holder that just let go: make it again
         except RunHeld:
             if not told:
                 holder = _read(lock)
@@ -246,6 +248,10 @@ def claim_config(root: Path, key: str, folder: Path) -> Iterator[None]:
             yield
     finally:
         stop.set()
+        try:
+            lock.parent.rmdir()  # the last claim gone: leave no trace in the sweep's folder
+        except OSError:
+            pass  # other claims are held
 
 
 GPU_LOCKS = Path(tempfile.gettempdir()) / f"fmnist_lab-gpus-{os.getuid()}"
