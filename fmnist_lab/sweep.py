@@ -67,6 +67,8 @@ class NameRunsByWhatVaries(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not swept_keys_declared(config):
+            return  # one job: nothing varies, so its overrides name it (not a bare `0_`)
         excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
         excluded += [k for k in constant_keys(config) if k not in excluded]
         with read_write(config.hydra.overrides):

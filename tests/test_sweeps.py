@@ -143,6 +143,24 @@ def test_a_command_line_value_pins_a_swept_key_out_of_the_run_names():
     assert constant_keys(widened) == ["seed"]
 
 
+def test_only_a_sweep_with_something_varying_leaves_the_constants_out_of_its_names():
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.sweep import NameRunsByWhatVaries
+
+    def named(task):
+        config = OmegaConf.create({"hydra": {
+            "sweeper": {"params": None}, "overrides": {"task": task, "hydra": []},
+            "job": {"config": {"override_dirname": {"exclude_keys": ["experiment"]}}}}})
+        NameRunsByWhatVaries().on_multirun_start(config)
+        return list(config.hydra.overrides.hydra)
+
+    assert named(["seed=0", "optimizer.lr=0.1,1"]) == [
+        "hydra.job.config.override_dirname.exclude_keys=[experiment,seed]"]
+    # One job: its overrides name its folder (0_model=three_fc,seed=0), not a bare 0_.
+    assert named(["seed=0", "model=three_fc"]) == []
+
+
 def test_threads_are_split_between_parallel_jobs():
     from omegaconf import OmegaConf
 
