@@ -30,7 +30,6 @@ import copy
 import itertools
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from fmnist_lab.models import init_weights, model_config, model_names, num_param
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
-from fmnist_lab.train import History, build_datamodule, build_module, build_trainer
+from fmnist_lab.train import History, build_datamodule, build_module, build_trainer, machine
 
 log = logging.getLogger("fmnist_lab")
 
@@ -307,24 +306,6 @@ def with_model(cfg: DictConfig, name: str) -> DictConfig:
     with open_dict(run_cfg):
         run_cfg.model = model_config(name)
     return run_cfg
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "pytorch_lightning": pl.__version__, "python": platform.python_version(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> float | None:

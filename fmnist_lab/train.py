@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import shlex
 import sys
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,8 @@ class History(pl.Callback):
             if key in metrics:
                 entry[key.replace("/", "_")] = float(metrics[key])
         entry["seconds"] = round(end - self._start, 3)
+        # The wall clock too: a study's wall time is the union of its epochs (report.py).
+        entry["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.epochs.append(entry)
 
     @property
@@ -152,6 +156,25 @@ def _gpu_of_its_own(cfg: DictConfig) -> Iterator[dict[str, Any]]:
         yield {"devices": [index]}
 
 
+def machine(device: torch.device) -> dict[str, Any]:
+    """What a run or a benchmark ran on: the study's wall time means little without it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,
           choices: dict[str, str] | None = None) -> dict:
     """Fit, test and write `results.json` into `out_dir`; returns what it wrote.
@@ -194,6 +217,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
             test_loss=test.get("test/loss"),
             test_acc=test.get("test/acc"),
             device=trainer.strategy.root_device.type,
+            machine=machine(trainer.strategy.root_device),
             train_images_per_second=history.images_per_second,
             train_images=datamodule.num_images("train"),
             val_images=datamodule.num_images("val"),

@@ -54,6 +54,14 @@ def data_files() -> dict[str, Path]:
             for stem in FILES.values()}
 
 
+CLOCKS = ("seconds", "ended")  # what differs between two runs of the same config and seed
+
+
+def without_clocks(result: dict) -> list[dict]:
+    """A run's history with the epochs' timings left out: what a rerun must reproduce."""
+    return [{k: v for k, v in e.items() if k not in CLOCKS} for e in result["history"]]
+
+
 def run_cli(module: str, *args: str, cwd: Path = ROOT, timeout: int = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, capturing its output."""

@@ -359,3 +359,43 @@ def test_a_sweep_with_one_run_finished_so_far_is_named_by_its_grid(tmp_path: Pat
     rows = table(md, "weight_init: init")
     assert list(rows)[1:] == ["xavier_uniform"]
     assert "**Best by mean last-epoch validation accuracy:** init = `xavier_uniform`" in md
+
+
+def clocked(result: dict[str, Any], ends: list[str], seconds: float,
+            machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`result` with its epochs ending at `ends` (ISO, UTC), each `seconds` long."""
+    for entry, ended in zip(result["history"], ends, strict=True):
+        entry.update(ended=ended, seconds=seconds)
+    result["machine"] = machine or {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 1}
+    return result
+
+
+def test_the_study_wall_time_is_the_union_of_its_epochs_seed_by_seed(tmp_path: Path):
+    lr = [fake_result("learning_rate", {"optimizer.lr": v}, seed) for v in (0.01, 0.1)
+          for seed in (1, 2)]
+    # Seed 1: two runs side by side, 10:00-10:30 and 10:10-10:40, count once: 40 min.
+    clocked(lr[0], ["2026-11-28T10:10:00+00:00", "2026-11-28T10:20:00+00:00",
+                    "2026-11-28T10:30:00+00:00"], 600)
+    clocked(lr[2], ["2026-11-28T10:20:00+00:00", "2026-11-28T10:30:00+00:00",
+                    "2026-11-28T10:40:00+00:00"], 600)
+    # Seed 2: one run, then a day's gap (the sitting ended), then another: 2 x 3 min.
+    clocked(lr[1], ["2026-11-28T11:01:00+00:00", "2026-11-28T11:02:00+00:00",
+                    "2026-11-28T11:03:00+00:00"], 60)
+    clocked(lr[3], ["2026-11-29T09:01:00+00:00", "2026-11-29T09:02:00+00:00",
+                    "2026-11-29T09:03:00+00:00"], 60, {"gpu": "NVIDIA H100"})
+    old = fake_result("architecture", {"model": "three_fc"}, 1)  # recorded before clocks
+    write_sweep(tmp_path / "learning_rate", lr)
+    write_sweep(tmp_path / "architecture", [old])
+    md = write_report(tmp_path).markdown.read_text()
+    rows = table(md, "Time")
+    assert rows["header"] == ["seed", "runs", "wall time", "run time"]
+    assert rows["1"] == ["1", "2", "40 min", "1 h 00 min"]
+    assert rows["2"] == ["2", "2", "6 min", "6 min"]
+    assert rows["**all**"] == ["**all**", "4", "46 min", "1 h 06 min"]
+    assert "AMD EPYC (2 cores), 1 torch thread(s) a run: 3 run(s); NVIDIA H100: 1 run(s)" in md
+    assert "1 trained run(s) recorded before epochs carried their clock are left out" in md
+
+
+def test_a_record_without_clocks_has_no_time_section(tmp_path: Path):
+    write_sweep(tmp_path, [fake_result("learning_rate", {"optimizer.lr": v}) for v in (0.01, 0.1)])
+    assert "## Time" not in write_report(tmp_path).markdown.read_text()

@@ -3,12 +3,13 @@
 import json
 import os
 import socket
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import torch
 
 from fmnist_lab.train import train
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, without_clocks
 
 HOST = socket.gethostname()
 
@@ -36,6 +37,11 @@ def test_run_writes_results_with_every_field(tiny_run):
     assert [e["epoch"] for e in on_disk["history"]] == [1, 2]
     assert all(EPOCH_FIELDS <= e.keys() for e in on_disk["history"])
     assert on_disk["device"] == "cpu" and on_disk["train_images_per_second"] > 0
+    # Each epoch's wall clock (the study's wall time) and what the run ran on.
+    ends = [datetime.fromisoformat(e["ended"]) for e in on_disk["history"]]
+    assert ends == sorted(ends) and all(e.tzinfo is not None for e in ends)
+    assert abs(datetime.now(timezone.utc) - ends[-1]) < timedelta(minutes=10)
+    assert on_disk["machine"]["cpu_count"] >= 1 and on_disk["machine"]["torch_threads"] >= 1
     assert on_disk["train_images"] == 550 and on_disk["test_images"] == 1000
 
 
@@ -64,14 +70,9 @@ def test_run_writes_tensorboard_events_and_a_checkpoint(tiny_run):
 def test_same_seed_same_history_on_cpu(tmp_path, cfg_factory):
     runs = [train(cfg_factory("model=three_fc", "transforms=rotation", f"seed={s}"),
                   tmp_path / str(i)) for i, s in enumerate((7, 7, 8))]
-    strip = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]] for r in runs]
-    assert strip[0] == strip[1]
+    assert without_clocks(runs[0]) == without_clocks(runs[1])
     assert runs[0]["test_acc"] == runs[1]["test_acc"]
-    assert strip[0] != strip[2]
-
-
-def _history(result: dict) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in result["history"]]
+    assert without_clocks(runs[0]) != without_clocks(runs[2])
 
 
 def _global_step(run_dir) -> int:
@@ -89,7 +90,7 @@ def test_group_size_changes_nothing_but_speed(tmp_path, cfg_factory):
             for g in (1, 4, 32)}
     # Same weights at every epoch's end: validation and test agree to the last bit. The
     # training loss is summed in another order (per group), so to rounding.
-    exact = [[{k: v for k, v in e.items() if k != "train_loss"} for e in _history(runs[g])]
+    exact = [[{k: v for k, v in e.items() if k != "train_loss"} for e in without_clocks(runs[g])]
              for g in runs]
     assert exact[0] == exact[1] == exact[2]
     assert runs[1]["test_acc"] == runs[4]["test_acc"] == runs[32]["test_acc"]
