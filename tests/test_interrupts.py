@@ -205,7 +205,8 @@ def test_a_second_process_skips_a_held_run_in_a_sweep_and_refuses_it_alone(tmp_p
     held = f"{run_dir} is in use by pid {holder.pid} on {HOST} since "
     # The same sweep started again, and a single run pointed at the held folder.
     second = start(sweep, tmp_path / "second.log")
-    alone = run_cli("fmnist_lab.train", *FAST, f"hydra.run.dir={run_dir}")
+    # Quoted: a sweep run's folder name holds Hydra's own `=` and `,`.
+    alone = run_cli("fmnist_lab.train", *FAST, f"hydra.run.dir='{run_dir}'")
     assert alone.returncode != 0
     assert alone.stderr.startswith(f"error: {held}"), alone.stderr
     assert len(alone.stderr.strip().splitlines()) == 1, alone.stderr
