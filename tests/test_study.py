@@ -230,7 +230,8 @@ def test_the_readmes_results_quote_the_record():
             if label not in recorded:
                 assert "not run yet" in line, (experiment, label)
                 continue
-            for name in ("n", "train loss ep 1", "train loss ep 10", "test acc %"):
+            folds = ("fold acc % ep 10",) if experiment == "cross_validation" else ()
+            for name in ("n", "train loss ep 1", "train loss ep 10", "test acc %", *folds):
                 cell = column(recorded, label, name)
                 assert cell in line, (experiment, label, name, cell)
     assert figures["architecture"]["two_conv_one_fc"]
