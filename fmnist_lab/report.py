@@ -956,7 +956,8 @@ def machine_name(run: Run) -> str:
 def time_section(runs: list[Run]) -> list[str]:
     """The study's wall time, seed by seed, measured by its own epochs' clocks."""
     trained = [r for r in runs if not r.result.get("reused_from")]
-    clocked = [r for r in trained if epoch_spans(r)]
+    spans_of = {id(r): epoch_spans(r) for r in trained}  # each run's history read once
+    clocked = [r for r in trained if spans_of[id(r)]]
     if not clocked:
         return []
     by_seed: dict[Any, list[Run]] = defaultdict(list)
@@ -965,7 +966,7 @@ def time_section(runs: list[Run]) -> list[str]:
     rows = []
     for label, group in [*((str(s), by_seed[s]) for s in sorted(by_seed, key=str)),
                          ("**all**", clocked)]:
-        spans = [span for run in group for span in epoch_spans(run)]
+        spans = [span for run in group for span in spans_of[id(run)]]
         rows.append([label, str(len(group)), _duration(union_seconds(spans)),
                      _duration(sum(end - start for start, end in spans))])
     machines = Counter(machine_name(r) for r in clocked)
