@@ -1,4 +1,5 @@
-"""`python -m fmnist_lab.report DIR [--log-y]`: the study's tables and figures from its runs.
+"""`python -m fmnist_lab.report DIR [--log-y] [--readme FILE]`: the study's tables and figures
+from its runs.
 
 Reads every `results.json` below DIR (one sweep, or a whole `make study` folder) and writes
 into DIR:
@@ -8,7 +9,9 @@ into DIR:
   cross-validation, of its Figure 11 (one row per fold, a mean row and the spread);
 - `results.csv`: one row per run with every config value and metric;
 - `<experiment>_loss.png`: training and validation loss against epoch, one line per value
-  (the seed's Figures 1-5), mean over seeds with a ±std band.
+  (the seed's Figures 1-5), mean over seeds with a ±std band;
+- with `--readme FILE`, the seed-beside-ours table under each "(record: `NAME`" line of FILE
+  (the README's Results), so no number there is copied by hand.
 
 Runs are grouped by experiment (`config.name`); the swept parameters are the config values
 that differ between the runs of one experiment, seeds aside. The model, init and transforms
@@ -39,6 +42,7 @@ from fmnist_lab.results import (
     RESULTS_FILE,
     find_results,
     flatten,
+    write_text_atomic,
 )
 
 COMPARE_FILE = "compare.md"
@@ -353,13 +357,18 @@ class Column:
         return row.test_acc() if self.key == "test_acc" else row.stat(self.key, self.last)
 
 
+def last_epoch_label(sweep: Sweep) -> str:
+    """"ep 10" when the sweep's runs trained to the same epoch, else "last ep"."""
+    lengths = {len(r.history) for r in sweep.runs if r.status in ("completed", "collapsed")}
+    return f"ep {lengths.pop()}" if len(lengths) == 1 else "last ep"
+
+
 def metric_columns(sweep: Sweep, acc_name: str = "val acc") -> list[Column]:
     """Epoch-1 and last-epoch train loss, val loss and accuracy, then test accuracy.
 
     One-epoch runs get one column per metric: epoch 1 is their last.
     """
-    lengths = {len(r.history) for r in sweep.runs if r.status in ("completed", "collapsed")}
-    last = f"ep {lengths.pop()}" if len(lengths) == 1 else "last ep"
+    last = last_epoch_label(sweep)
     epochs = [(False, "ep 1"), (True, last)] if last != "ep 1" else [(True, "ep 1")]
     columns = [Column(f"{name} {when}", key, is_last, scale, digits)
                for name, key, scale, digits in (("train loss", "train_loss", 1, 4),
@@ -984,6 +993,99 @@ def time_section(runs: list[Run]) -> list[str]:
     return lines + [""]
 
 
+# --------------------------------------------------------------------------- README tables
+
+# A README line naming an experiment of the record, "(record: `learning_rate`; ...)": the
+# table that follows it is that experiment's, the seed's numbers beside ours.
+README_RECORD = re.compile(r"\(record: `(\w+)`")
+
+
+def _percent(mean: float | None, std: float | None) -> str:
+    text = cell(mean, std, 100, 2)
+    return text if mean is None else f"{text} %"
+
+
+def seed_comparison_table(name: str, sweep: Sweep | None, key_header: str) -> str:
+    """One experiment in the README: per value, n, the first and last epoch's training loss
+    and the accuracy, the seed's beside ours; the seed's values not run yet say so.
+    Cross-validation also gives each fold's test accuracy (the seed's accuracy there is the
+    fold's). `sweep` None: nothing of it recorded yet."""
+    cv = sweep.is_cross_validation if sweep else name == "cross_validation"
+    last = last_epoch_label(sweep) if sweep else "ep 10"
+    acc = "fold acc" if cv else "test acc"
+    header = [", ".join(sweep.keys) if sweep else key_header, "n",
+              f"train loss ep 1 → {last}: seed's", "ours", f"{acc}: seed's", "ours",
+              *(["test acc: ours"] if cv else []), "status"]
+    numbers = SEED_NUMBERS.get(name, {})
+
+    def seed_cells(label: str) -> list[str]:
+        seed = numbers.get(label)
+        if seed is None:
+            return ["—", "—"]
+        return [f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}",
+                f"{seed['acc']:.2f} %"]
+
+    rows = []
+    for row in sweep.rows if sweep else []:
+        first, last_loss = (cell(*row.stat("train_loss", last=at)[:2]) for at in (False, True))
+        loss = "—" if first == "—" else f"{first} → {last_loss}"
+        ours_acc = _percent(*row.stat("val_acc", last=True)[:2]) if cv else \
+            _percent(*row.test_acc()[:2])
+        loss_seed, acc_seed = seed_cells(row.label)
+        rows.append([row.label, str(len(row.completed)), loss_seed, loss, acc_seed, ours_acc,
+                     *([_percent(*row.test_acc()[:2])] if cv else []), status_cell(row)])
+    recorded = {row.label for row in sweep.rows} if sweep else set()
+    for label in numbers:
+        if label not in recorded:
+            loss_seed, acc_seed = seed_cells(label)
+            rows.append([label, "0", loss_seed, "—", acc_seed, "—", *(["—"] if cv else []),
+                         "not run yet"])
+    return _markdown_table(header, rows)
+
+
+def update_readme_tables(text: str, sweeps: list[Sweep]) -> str:
+    """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
+    `sweeps`; a table of an experiment neither recorded nor in the seed is left alone."""
+    by_name = {sweep.name: sweep for sweep in sweeps}
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        out.append(lines[i])
+        found = README_RECORD.search(lines[i])
+        i += 1
+        if not found or (found[1] not in by_name and found[1] not in SEED_NUMBERS):
+            continue
+        while (i < len(lines) and not lines[i].startswith(("|", "#"))
+               and not README_RECORD.search(lines[i])):
+            out.append(lines[i])
+            i += 1
+        end = i
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        if end > i:  # the table: replaced whole, its first header cell kept for a new one
+            key_header = lines[i].strip("|").split("|")[0].strip()
+            out += seed_comparison_table(found[1], by_name.get(found[1]), key_header).split("\n")
+            i = end
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, root: Path) -> bool:
+    """Regenerate `readme`'s record tables from the runs below `root`; whether it changed."""
+    try:
+        text = readme.read_text()
+    except OSError as e:
+        raise ReportError(f"--readme {readme}: cannot read it ({e.strerror})") from None
+    if not README_RECORD.search(text):
+        raise ReportError(f"--readme {readme}: no line names an experiment as "
+                          "(record: `NAME`...), so it has no table to regenerate")
+    updated = update_readme_tables(text, group_sweeps(load_runs(root)))
+    if updated != text:
+        write_text_atomic(readme, updated)
+    print(f"{readme}: record tables {'regenerated' if updated != text else 'already current'}")
+    return updated != text
+
+
 @dataclass
 class Report:
     """What `write_report` wrote, and one summary line per experiment."""
@@ -1072,9 +1174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="sweep folder or a whole study folder")
     parser.add_argument("--log-y", action="store_true",
                         help="log-scale loss axes (default: only where values span > 2 decades)")
+    parser.add_argument("--readme", type=Path, metavar="FILE",
+                        help="also regenerate the table after each line of FILE that names an "
+                             "experiment as (record: `NAME`...): the seed's numbers beside ours")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.dir, log_y=args.log_y)
+        if args.readme is not None:
+            update_readme(args.readme, args.dir)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -301,6 +301,74 @@ def test_bad_dir_exits_2_with_one_line(tmp_path: Path, make):
     assert str(tmp_path) in proc.stderr
 
 
+README_BEFORE = """# A project
+
+Intro. | not a table row, a sentence that starts mid-line.
+
+**Learning rate** (record: `learning_rate`; a note on the same line).
+
+| optimizer.lr | n | whatever was here before |
+|---|---|---|
+| 0.5 | 9 | stale |
+
+Text between tables stays.
+
+| a table under no record line | x |
+|---|---|
+| kept | as is |
+
+**Initialisation** (record: `weight_init`): nothing of it recorded yet.
+
+| init | old |
+|---|---|
+
+## Other
+
+(record: `not_an_experiment`)
+
+| left | alone |
+|---|---|
+"""
+
+
+def test_readme_tables_are_regenerated_from_the_record(tmp_path: Path, lr_sweep: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README_BEFORE)
+    proc = run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = readme.read_text()
+    lr = table(text.replace("**Learning rate**", "## lr"), "lr")
+    assert lr["header"] == ["optimizer.lr", "n", "train loss ep 1 → ep 3: seed's", "ours",
+                            "test acc: seed's", "ours", "status"]
+    # Mean ± std over the two seeds, the seed's own numbers beside them.
+    assert lr["0.01"] == ["0.01", "2", "0.4471 → 0.0484", "1.5000 ± 0.7071 → 0.7000 ± 0.7071",
+                          "91.61 %", "90.00 ± 1.41 %", "2 completed"]
+    assert lr["1"] == ["1", "0", "—", "—", "—", "—", "2 diverged (epoch 2)"]
+    assert lr["0.0001"][1:] == ["0", "0.6427 → 0.3072", "—", "87.98 %", "—", "not run yet"]
+    assert "0.5" not in lr and "stale" not in text
+    init = table(text.replace("**Initialisation**", "## init"), "init")
+    assert init["header"][0] == "init" and len(init) == 1 + 4  # the seed's four schemes
+    assert all(row[-1] == "not run yet" for label, row in init.items() if label != "header")
+    # Everything that is not a record's table is as it was.
+    for kept in ("Intro. | not a table row", "Text between tables stays.",
+                 "| kept | as is |", "| left | alone |"):
+        assert kept in text
+    # Regenerating again changes nothing.
+    run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
+    assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("content", [None, "no record line here\n"])
+def test_a_readme_without_record_tables_exits_2(tmp_path: Path, lr_sweep: Path, content):
+    readme = tmp_path / "README.md"
+    if content is not None:
+        readme.write_text(content)
+    proc = run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --readme ") and "Traceback" not in proc.stderr
+    assert content is None or readme.read_text() == content
+
+
 # experiment=interaction: lr x batch size.
 def interaction_results(best_lr: dict[int, float]) -> list[dict]:
     """5 x 4 grid, 2 seeds; at each batch size `best_lr[size]` scores highest; lr 1 diverges."""

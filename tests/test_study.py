@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +15,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from fmnist_lab import runs
-from fmnist_lab.report import load_runs, write_report
+from fmnist_lab.report import (
+    README_RECORD,
+    group_sweeps,
+    load_runs,
+    update_readme_tables,
+    write_report,
+)
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
-from tests.conftest import ROOT, TINY, column, compose_config, run_cli, table
+from tests.conftest import ROOT, TINY, compose_config, run_cli, table
 from tests.test_report import fake_result, write_sweep
 
 STUDY = ROOT / "results" / "study"
@@ -195,46 +200,14 @@ def test_the_current_code_composes_the_committed_runs_identically():
             recorded["overrides"])
 
 
-def readme_figures() -> dict[str, dict[str, str]]:
-    """README "Results": {experiment: {row label: the row's text}} for every table that
-    follows a line naming its experiment `(record: `EXPERIMENT`...)`; headers left out."""
-    text = (ROOT / "README.md").read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
-    figures: dict[str, dict[str, str]] = {}
-    experiment, lines = None, 0
-    for line in text.splitlines():
-        found = re.search(r"\(record: `(\w+)`", line)
-        if found:
-            experiment, lines = found[1], 0
-            figures.setdefault(experiment, {})
-        elif experiment and line.startswith("|"):
-            lines += 1
-            if lines > 2:  # the header and its |---| line
-                figures[experiment][line.strip("|").split("|")[0].strip()] = line
-        elif lines:
-            experiment, lines = None, 0
-    return figures
-
-
-def test_the_readmes_results_quote_the_record():
-    """Every number of ours in the README's figure tables is the report's, not hand-kept:
-    n, the first and last epoch's training loss and the test accuracy of each row; a row
-    the record does not have yet says so."""
-    report = (STUDY / "report.md").read_text()
-    figures = readme_figures()
-    assert {"architecture", "learning_rate"} <= set(figures)
-    for experiment, rows in figures.items():
-        section = next((line[3:] for line in report.splitlines()
-                        if line.startswith(f"## {experiment}:")), None)
-        recorded = table(report, section) if section else {}
-        for label, line in rows.items():
-            if label not in recorded:
-                assert "not run yet" in line, (experiment, label)
-                continue
-            folds = ("fold acc % ep 10",) if experiment == "cross_validation" else ()
-            for name in ("n", "train loss ep 1", "train loss ep 10", "test acc %", *folds):
-                cell = column(recorded, label, name)
-                assert cell in line, (experiment, label, name, cell)
-    assert figures["architecture"]["two_conv_one_fc"]
+def test_the_readmes_results_are_the_records_tables():
+    """Every table of ours in the README's Results is generated from the record
+    (`python -m fmnist_lab.report results/study --readme README.md`), none hand-kept."""
+    readme = (ROOT / "README.md").read_text()
+    results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    assert {"architecture", "learning_rate", "cross_validation"} <= set(
+        README_RECORD.findall(results))
+    assert update_readme_tables(readme, group_sweeps(load_runs(STUDY))) == readme
 
 
 def test_experiment_tuned_is_the_recorded_recipe():
