@@ -7,6 +7,7 @@ own, and names the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import numbers
 from collections.abc import Callable
@@ -124,10 +125,31 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Trainer arguments that fmnist_lab.train sets itself (TensorBoard, checkpoints, atomic saves).
+TRAINER_SET_BY_US = ("logger", "callbacks", "plugins")
+
+
+def _check_trainer_keys(cfg: DictConfig) -> None:
+    """`+trainer.max_epoch=2` would reach Trainer(...) and fail there with a TypeError, after
+    the run's folder exists: name the key now, and the argument it most likely meant."""
+    trainer = get_class("pytorch_lightning.Trainer")
+    allowed = [p for p in inspect.signature(trainer).parameters if p != "self"]
+    for key, value in cfg.trainer.items():
+        if key in TRAINER_SET_BY_US:
+            raise ConfigError(f"trainer.{key}", value, "set by fmnist_lab.train itself "
+                              "(TensorBoard logger, checkpoint callback, atomic checkpoints)")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else \
+                "see the arguments of pytorch_lightning.Trainer"
+            raise ConfigError(f"trainer.{key}", value, f"no such argument of Trainer; {hint}")
+
+
 def check_keys(cfg: DictConfig) -> None:
     """Raise ConfigError for a key that would become an unknown keyword argument, and so
-    fail late with a TypeError: a key of `data` without a rule, or of `optimizer` that its
-    optimizer class does not take (`+optimizer.betas=[0.9,0.99]` is fine for adam)."""
+    fail late with a TypeError: a key of `data` without a rule, of `optimizer` that its
+    optimizer class does not take (`+optimizer.betas=[0.9,0.99]` is fine for adam), or of
+    `trainer` that Lightning's Trainer does not take."""
     data_keys = [k.split(".", 1)[1] for k in RULES if k.startswith("data.")]
     optimizer = get_class(cfg.optimizer._target_)
     optimizer_keys = [p for p in inspect.signature(optimizer).parameters if p != "params"]
@@ -137,6 +159,7 @@ def check_keys(cfg: DictConfig) -> None:
             if key not in allowed and key not in ("_target_", "_partial_"):
                 raise ConfigError(f"{section}.{key}", value,
                                   f"no such key; {owner} takes {', '.join(allowed)}")
+    _check_trainer_keys(cfg)
 
 
 def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:

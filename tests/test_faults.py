@@ -53,6 +53,12 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
          "optimizer.momentum=0.9 is not allowed: no such key; Adam takes lr, betas"),
         (["+data.shuffle=false"], "data.shuffle=False is not allowed: no such key; data takes "
                                   "root, download, batch_size,"),
+        (["+trainer.max_epoch=2"], "trainer.max_epoch=2 is not allowed: no such argument of "
+                                   "Trainer; did you mean max_epochs"),
+        (["+trainer.colour=1"], "trainer.colour=1 is not allowed: no such argument of Trainer; "
+                                "see the arguments of pytorch_lightning.Trainer"),
+        (["+trainer.logger=false"], "trainer.logger=False is not allowed: set by "
+                                    "fmnist_lab.train itself"),
     ],
 )
 def test_every_rule_names_key_value_and_what_is_allowed(cfg_factory, overrides, message):
@@ -75,6 +81,7 @@ def test_the_default_config_passes(cfg_factory):
         ("data.num_folds=5 data.fold=5", "error: data.fold=5 is not allowed"),
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is not allowed"),
         ("+optimizer.nesterof=true", "error: optimizer.nesterof=True is not allowed: no such key"),
+        ("+trainer.max_epoch=2", "error: trainer.max_epoch=2 is not allowed: no such argument"),
     ],
 )
 def test_bad_values_stop_before_training(tmp_path, override, message):
