@@ -139,8 +139,8 @@ def _check_trainer_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}", value, "set by fmnist_lab.train itself "
                               "(TensorBoard logger, checkpoint callback, atomic checkpoints)")
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else \
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]}?" if close else \
                 "see the arguments of pytorch_lightning.Trainer"
             raise ConfigError(f"trainer.{key}", value, f"no such argument of Trainer; {hint}")
 

@@ -54,7 +54,7 @@ FAST = [*TINY, "model=three_fc", "data.test_size=200"]
         (["+data.shuffle=false"], "data.shuffle=False is not allowed: no such key; data takes "
                                   "root, download, batch_size,"),
         (["+trainer.max_epoch=2"], "trainer.max_epoch=2 is not allowed: no such argument of "
-                                   "Trainer; did you mean max_epochs"),
+                                   "Trainer; did you mean max_epochs?"),
         (["+trainer.colour=1"], "trainer.colour=1 is not allowed: no such argument of Trainer; "
                                 "see the arguments of pytorch_lightning.Trainer"),
         (["+trainer.logger=false"], "trainer.logger=False is not allowed: set by "
