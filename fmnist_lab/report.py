@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 from collections import Counter, defaultdict
@@ -1082,7 +1083,6 @@ def update_readme(readme: Path, root: Path) -> bool:
     updated = update_readme_tables(text, group_sweeps(load_runs(root)))
     if updated != text:
         write_text_atomic(readme, updated)
-    print(f"{readme}: record tables {'regenerated' if updated != text else 'already current'}")
     return updated != text
 
 
@@ -1180,19 +1180,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = write_report(args.dir, log_y=args.log_y)
-        if args.readme is not None:
-            update_readme(args.readme, args.dir)
+        changed = update_readme(args.readme, args.dir) if args.readme is not None else None
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write the report: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {report.markdown}")
-    for line in report.summary:
-        print(f"  {line}")
-    print(f"also {report.csv} and {len(report.figures)} figure(s): "
-          + ", ".join(p.name for p in report.figures))
+    lines = [f"wrote {report.markdown}", *(f"  {line}" for line in report.summary),
+             f"also {report.csv} and {len(report.figures)} figure(s): "
+             + ", ".join(p.name for p in report.figures)]
+    if changed is not None:
+        lines.append(f"{args.readme}: record tables "
+                     + ("regenerated" if changed else "already current"))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `report DIR | head`: the reader left early; every file is written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
     return 0
 
 

@@ -292,6 +292,15 @@ def test_report_runs_where_torch_is_not_installed(lr_sweep: Path):
     assert (lr_sweep / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback(lr_sweep: Path):
+    """`report DIR | head`: `true` leaves before the report prints a line."""
+    command = f"{sys.executable} -m fmnist_lab.report {lr_sweep} | true; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert (lr_sweep / "report.md").is_file()
+
+
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
 def test_bad_dir_exits_2_with_one_line(tmp_path: Path, make):
     proc = run_cli("fmnist_lab.report", str(make(tmp_path)))
