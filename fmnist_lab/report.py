@@ -587,6 +587,14 @@ def use_log_scale(values: list[float], forced: bool = False) -> bool:
     return bool(values) and min(values) > 0 and (forced or max(values) / min(values) > 100)
 
 
+def band_text(sweep: Sweep) -> str:
+    """What a loss figure's lines and bands are over: rows part-way through a study have
+    fewer seeds than others, so a range ("mean ± std over 1-2 seeds")."""
+    counts = sorted({len(row.completed) for row in sweep.rows} - {0}) or [1]
+    seeds = str(counts[-1]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return "one seed" if seeds == "1" else f"mean ± std over {seeds} seeds"
+
+
 def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
     """Training and validation loss against epoch, one line per swept value (Figures 1-5)."""
     import matplotlib
@@ -641,9 +649,8 @@ def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper",
                    title=", ".join(sweep.keys) or None)
-    seeds = {r.result.get("seed") for r in sweep.runs}
-    band = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
-    fig.suptitle(f"{sweep.name}: loss against epoch by {', '.join(sweep.keys) or 'run'} ({band})")
+    fig.suptitle(f"{sweep.name}: loss against epoch by {', '.join(sweep.keys) or 'run'} "
+                 f"({band_text(sweep)})")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

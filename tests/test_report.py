@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist_lab.report import spearman, use_log_scale, write_report
+from fmnist_lab.report import (
+    band_text,
+    group_sweeps,
+    load_runs,
+    spearman,
+    use_log_scale,
+    write_report,
+)
 from tests.conftest import PNG_SIGNATURE, ROOT, column, run_cli, table
 
 # What train.py resolves, cut to the keys the report reads.
@@ -290,6 +297,18 @@ def test_report_runs_where_torch_is_not_installed(lr_sweep: Path):
     assert table((lr_sweep / "report.md").read_text(), "learning_rate")["header"]
     assert (lr_sweep / "results.csv").is_file()
     assert (lr_sweep / "learning_rate_loss.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_the_loss_figure_says_over_how_many_seeds(tmp_path: Path):
+    def band(seeds_by_lr: dict[float, tuple[int, ...]]) -> str:
+        folder = write_sweep(tmp_path / str(len(list(tmp_path.iterdir()))), [
+            fake_result("learning_rate", {"optimizer.lr": lr}, seed)
+            for lr, seeds in seeds_by_lr.items() for seed in seeds])
+        return band_text(group_sweeps(load_runs(folder))[0])
+
+    assert band({0.01: (0,), 0.1: (0,)}) == "one seed"
+    assert band({0.01: (0, 1, 2), 0.1: (0, 1, 2)}) == "mean ± std over 3 seeds"
+    assert band({0.01: (0, 1), 0.1: (0,)}) == "mean ± std over 1-2 seeds"  # a study under way
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(lr_sweep: Path):
