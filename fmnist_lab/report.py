@@ -11,7 +11,8 @@ into DIR:
 - `<experiment>_loss.png`: training and validation loss against epoch, one line per value
   (the seed's Figures 1-5), mean over seeds with a ±std band;
 - with `--readme FILE`, the seed-beside-ours table under each "(record: `NAME`" line of FILE
-  (the README's Results), so no number there is copied by hand.
+  (the README's Results; `compare` is Figure 12, from compare.json), so no number there is
+  copied by hand.
 
 Runs are grouped by experiment (`config.name`); the swept parameters are the config values
 that differ between the runs of one experiment, seeds aside. The model, init and transforms
@@ -29,6 +30,7 @@ import os
 import re
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -1048,12 +1050,53 @@ def seed_comparison_table(name: str, sweep: Sweep | None, key_header: str) -> st
             loss_seed, acc_seed = seed_cells(label)
             rows.append([label, "0", loss_seed, "—", acc_seed, "—", *(["—"] if cv else []),
                          "not run yet"])
+    if cv and sweep and sum(1 for row in sweep.rows if row.completed) > 1:
+        rows.append(_fold_mean_row(sweep, numbers))
     return _markdown_table(header, rows)
 
 
-def update_readme_tables(text: str, sweeps: list[Sweep]) -> str:
+def _fold_mean_row(sweep: Sweep, numbers: dict[str, dict[str, float]]) -> list[str]:
+    """Mean ± std over the folds (each fold once, whatever its seeds), the seed's beside."""
+    def over_folds(stat: Callable[[Row], tuple[float | None, float | None, int]]) -> tuple:
+        return mean_std([stat(row)[0] for row in sweep.rows])[:2]
+
+    first, last = (cell(*over_folds(lambda r, at=at: r.stat("train_loss", last=at)))
+                   for at in (False, True))
+    seed = {key: mean_std([n[key] for n in numbers.values()])[0]
+            for key in ("train_loss_first", "train_loss_last", "acc")} if numbers else {}
+    seed_loss = (f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}"
+                 if seed else "—")
+    return ["**mean ± std**", f"{sum(1 for row in sweep.rows if row.completed)} folds",
+            seed_loss, f"{first} → {last}", f"{seed['acc']:.2f} %" if seed else "—",
+            _percent(*over_folds(lambda r: r.stat("val_acc", last=True))),
+            _percent(*over_folds(Row.test_acc)), "over folds"]
+
+
+def compare_readme_table(summary: dict[str, Any]) -> str:
+    """The seed's Figure 12 beside ours (`compare.json` of fmnist_lab.compare): each compared
+    layer's correlation matrix, its shape, the mean and std of all its entries (the seed's
+    statistics, diagonal included) and the mean off the diagonal."""
+    seed_numbers = SEED_NUMBERS.get("compare", {})
+    header = ["layer", "matrix: seed's", "ours", "mean, all entries: seed's", "ours",
+              "std: seed's", "ours", "mean off the diagonal", "dead units"]
+    rows = []
+    for name, layer in summary["layers"].items():
+        seed = seed_numbers.get(name)
+        shape = "({}, {})".format(*layer["shape"])
+        rows.append([f"{layer['model']} ({layer['network']}), {layer['description']}",
+                     "({}, {})".format(*seed["shape"]) if seed else "—", shape,
+                     f"{seed['mean']:.4f}" if seed else "—", f"{layer['mean']:.4f}",
+                     f"{seed['std']:.4f}" if seed else "—", f"{layer['std']:.4f}",
+                     f"{layer['offdiag_mean']:.4f}",
+                     f"{layer['dead_units']} of {layer['units']}"])
+    return _markdown_table(header, rows)
+
+
+def update_readme_tables(text: str, sweeps: list[Sweep],
+                         compare: dict[str, Any] | None = None) -> str:
     """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
-    `sweeps`; a table of an experiment neither recorded nor in the seed is left alone."""
+    `sweeps` ("(record: `compare`": from `compare`, a compare.json); a table of an
+    experiment neither recorded nor in the seed is left alone."""
     by_name = {sweep.name: sweep for sweep in sweeps}
     lines = text.split("\n")
     out: list[str] = []
@@ -1062,7 +1105,9 @@ def update_readme_tables(text: str, sweeps: list[Sweep]) -> str:
         out.append(lines[i])
         found = README_RECORD.search(lines[i])
         i += 1
-        if not found or (found[1] not in by_name and found[1] not in SEED_NUMBERS):
+        is_compare = found is not None and found[1] == "compare"
+        if not found or (is_compare and compare is None) or (
+                not is_compare and found[1] not in by_name and found[1] not in SEED_NUMBERS):
             continue
         while (i < len(lines) and not lines[i].startswith(("|", "#"))
                and not README_RECORD.search(lines[i])):
@@ -1073,7 +1118,9 @@ def update_readme_tables(text: str, sweeps: list[Sweep]) -> str:
             end += 1
         if end > i:  # the table: replaced whole, its first header cell kept for a new one
             key_header = lines[i].strip("|").split("|")[0].strip()
-            out += seed_comparison_table(found[1], by_name.get(found[1]), key_header).split("\n")
+            table = compare_readme_table(compare) if is_compare else \
+                seed_comparison_table(found[1], by_name.get(found[1]), key_header)
+            out += table.split("\n")
             i = end
     return "\n".join(out)
 
@@ -1087,7 +1134,9 @@ def update_readme(readme: Path, root: Path) -> bool:
     if not README_RECORD.search(text):
         raise ReportError(f"--readme {readme}: no line names an experiment as "
                           "(record: `NAME`...), so it has no table to regenerate")
-    updated = update_readme_tables(text, group_sweeps(load_runs(root)))
+    found = sorted(root.rglob("compare.json"))
+    compare = json.loads(found[0].read_text()) if found else None
+    updated = update_readme_tables(text, group_sweeps(load_runs(root)), compare)
     if updated != text:
         write_text_atomic(readme, updated)
     return updated != text

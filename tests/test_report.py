@@ -19,6 +19,7 @@ from fmnist_lab.report import (
     group_sweeps,
     load_runs,
     spearman,
+    update_readme_tables,
     use_log_scale,
     write_report,
 )
@@ -247,6 +248,18 @@ def test_cross_validation_table_has_fold_rows_and_a_mean_row(tmp_path: Path):
     assert "spread 3.00 points" in md and "no climb with fold order" in md
 
 
+def test_the_readmes_fold_table_ends_with_the_mean_over_folds(tmp_path: Path):
+    sweeps = group_sweeps(load_runs(cv_sweep(tmp_path, [0.86, 0.88, 0.85, 0.87, 0.86])))
+    text = update_readme_tables("(record: `cross_validation`)\n\n| fold |\n|---|\n", sweeps)
+    rows = table("## cv\n" + text, "cv")
+    assert rows["header"][4:7] == ["fold acc: seed's", "ours", "test acc: ours"]
+    assert rows["2"][4:6] == ["96.12 %", "85.50 ± 0.71 %"]  # the seed's fold 3 (its numbering)
+    # The seed's five folds average 95.57 %; ours are the report's mean row.
+    assert rows["**mean ± std**"][1:] == [
+        "5 folds", "0.1867 → 0.0787", "1.0000 ± 0.0000 → 0.3000 ± 0.0000", "95.57 %",
+        "86.90 ± 1.14 %", "88.00 ± 0.00 %", "over folds"]
+
+
 def test_cross_validation_flags_a_climb(tmp_path: Path):
     md = write_report(cv_sweep(tmp_path, [0.91, 0.94, 0.96, 0.97, 0.99], seeds=(0,))).markdown
     assert "climbs with the fold index (Spearman ρ = 1.00)" in md.read_text()
@@ -309,6 +322,27 @@ def test_the_loss_figure_says_over_how_many_seeds(tmp_path: Path):
     assert band({0.01: (0,), 0.1: (0,)}) == "one seed"
     assert band({0.01: (0, 1, 2), 0.1: (0, 1, 2)}) == "mean ± std over 3 seeds"
     assert band({0.01: (0, 1), 0.1: (0,)}) == "mean ± std over 1-2 seeds"  # a study under way
+
+
+def test_the_readmes_figure_12_is_the_compare_summary_beside_the_seeds():
+    def layer(network: str, name: str, units: int, mean: float) -> dict[str, Any]:
+        return {"network": network, "model": "resnet18" if network == "reference" else
+                "three_fc", "layer": name, "description": name, "units": units,
+                "dead_units": 1, "shape": [units - 1, units - 1], "mean": mean, "std": 0.5,
+                "offdiag_mean": -0.1}
+
+    summary = {"layers": {"reference.features": layer("reference", "features", 512, 0.03),
+                          "candidate.features": layer("candidate", "features", 256, 0.02),
+                          "candidate.logits": layer("candidate", "logits", 10, 0.01)}}
+    text = update_readme_tables("(record: `compare`)\n\n| layer |\n|---|\n", [], summary)
+    rows = table("## f12\n" + text, "f12")
+    assert rows["resnet18 (reference), features"][1:] == [
+        "(512, 512)", "(511, 511)", "0.0221", "0.0300", "0.1641", "0.5000", "-0.1000",
+        "1 of 512"]
+    assert rows["three_fc (candidate), logits"][1:4] == ["(10, 10)", "(9, 9)", "0.1635"]
+    assert rows["three_fc (candidate), features"][1] == "—"  # the seed has no such matrix
+    # Without a compare.json the table is left as it is.
+    assert update_readme_tables(text, [], None) == text
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(lr_sweep: Path):

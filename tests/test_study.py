@@ -205,9 +205,10 @@ def test_the_readmes_results_are_the_records_tables():
     (`python -m fmnist_lab.report results/study --readme README.md`), none hand-kept."""
     readme = (ROOT / "README.md").read_text()
     results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
-    assert {"architecture", "learning_rate", "cross_validation"} <= set(
+    assert {"architecture", "learning_rate", "cross_validation", "compare"} <= set(
         README_RECORD.findall(results))
-    assert update_readme_tables(readme, group_sweeps(load_runs(STUDY))) == readme
+    compare = json.loads((STUDY / "compare" / "compare.json").read_text())
+    assert update_readme_tables(readme, group_sweeps(load_runs(STUDY)), compare) == readme
 
 
 def test_experiment_tuned_is_the_recorded_recipe():
