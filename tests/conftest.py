@@ -8,11 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+# pytest-xdist's workers share the cores: each worker, and each process it starts, takes its
+# share of threads. OpenMP threads that outnumber the cores spin against each other (the
+# tiny 5-fold sweep took over 10 minutes instead of one beside a training job). Set before
+# torch is imported, which reads it once.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from fmnist_lab.data import FILES, find_data_root
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fmnist_lab.data import FILES, find_data_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
