@@ -70,7 +70,7 @@ study: setup
 	exit $$status
 
 # The suite's tests mostly start a Python that imports torch and Lightning (seconds of one
-# core each): two pytest workers on two cores take 7.5 minutes where one takes 12.
+# core each): two pytest workers on two cores, a thread each, take 6 minutes where one takes 12.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: setup
 	$(PY) -m pytest -q -n $(TEST_JOBS) $(ARGS)
