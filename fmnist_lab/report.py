@@ -394,8 +394,12 @@ def seed_cell(sweep: Sweep, row: Row) -> str | None:
     seed = numbers.get(row.label)
     if seed is None:
         return "—"
-    return (f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}, "
-            f"{seed['acc']:.2f} %")
+    return f"{seed_loss_text(seed)}, {seed['acc']:.2f} %"
+
+
+def seed_loss_text(seed: dict[str, float]) -> str:
+    """The seed study's first → last epoch training loss of one of its rows."""
+    return f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}"
 
 
 SEED_HEADER = "seed study: train loss ep 1 → ep 10, acc"
@@ -1032,8 +1036,7 @@ def seed_comparison_table(name: str, sweep: Sweep | None, key_header: str) -> st
         seed = numbers.get(label)
         if seed is None:
             return ["—", "—"]
-        return [f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}",
-                f"{seed['acc']:.2f} %"]
+        return [seed_loss_text(seed), f"{seed['acc']:.2f} %"]
 
     rows = []
     for row in sweep.rows if sweep else []:
@@ -1050,7 +1053,7 @@ def seed_comparison_table(name: str, sweep: Sweep | None, key_header: str) -> st
             loss_seed, acc_seed = seed_cells(label)
             rows.append([label, "0", loss_seed, "—", acc_seed, "—", *(["—"] if cv else []),
                          "not run yet"])
-    if cv and sweep and sum(1 for row in sweep.rows if row.completed) > 1:
+    if cv and sweep and len([row for row in sweep.rows if row.completed]) > 1:
         rows.append(_fold_mean_row(sweep, numbers))
     return _markdown_table(header, rows)
 
@@ -1064,10 +1067,9 @@ def _fold_mean_row(sweep: Sweep, numbers: dict[str, dict[str, float]]) -> list[s
                    for at in (False, True))
     seed = {key: mean_std([n[key] for n in numbers.values()])[0]
             for key in ("train_loss_first", "train_loss_last", "acc")} if numbers else {}
-    seed_loss = (f"{seed['train_loss_first']:.4f} → {seed['train_loss_last']:.4f}"
-                 if seed else "—")
-    return ["**mean ± std**", f"{sum(1 for row in sweep.rows if row.completed)} folds",
-            seed_loss, f"{first} → {last}", f"{seed['acc']:.2f} %" if seed else "—",
+    folds = len([row for row in sweep.rows if row.completed])
+    return ["**mean ± std**", f"{folds} folds", seed_loss_text(seed) if seed else "—",
+            f"{first} → {last}", f"{seed['acc']:.2f} %" if seed else "—",
             _percent(*over_folds(lambda r: r.stat("val_acc", last=True))),
             _percent(*over_folds(Row.test_acc)), "over folds"]
 
