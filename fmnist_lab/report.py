@@ -1053,13 +1053,18 @@ def seed_comparison_table(name: str, sweep: Sweep | None, key_header: str) -> st
             loss_seed, acc_seed = seed_cells(label)
             rows.append([label, "0", loss_seed, "—", acc_seed, "—", *(["—"] if cv else []),
                          "not run yet"])
-    if cv and sweep and len([row for row in sweep.rows if row.completed]) > 1:
-        rows.append(_fold_mean_row(sweep, numbers))
+    mean_row = _fold_mean_row(sweep, numbers) if cv and sweep else None
+    if mean_row:
+        rows.append(mean_row)
     return _markdown_table(header, rows)
 
 
-def _fold_mean_row(sweep: Sweep, numbers: dict[str, dict[str, float]]) -> list[str]:
-    """Mean ± std over the folds (each fold once, whatever its seeds), the seed's beside."""
+def _fold_mean_row(sweep: Sweep, numbers: dict[str, dict[str, float]]) -> list[str] | None:
+    """Mean ± std over the folds (each fold once, whatever its seeds), the seed's beside;
+    None below two completed folds, where a mean says nothing."""
+    folds = len([row for row in sweep.rows if row.completed])
+    if folds < 2:
+        return None
     def over_folds(stat: Callable[[Row], tuple[float | None, float | None, int]]) -> tuple:
         return mean_std([stat(row)[0] for row in sweep.rows])[:2]
 
@@ -1067,7 +1072,6 @@ def _fold_mean_row(sweep: Sweep, numbers: dict[str, dict[str, float]]) -> list[s
                    for at in (False, True))
     seed = {key: mean_std([n[key] for n in numbers.values()])[0]
             for key in ("train_loss_first", "train_loss_last", "acc")} if numbers else {}
-    folds = len([row for row in sweep.rows if row.completed])
     return ["**mean ± std**", f"{folds} folds", seed_loss_text(seed) if seed else "—",
             f"{first} → {last}", f"{seed['acc']:.2f} %" if seed else "—",
             _percent(*over_folds(lambda r: r.stat("val_acc", last=True))),
