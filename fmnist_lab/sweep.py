@@ -1,7 +1,9 @@
 """The Hydra callbacks that make sweeps safe to leave for hours, and their run names.
 
-- `CheckSweepConfigs` composes and checks every job's config before the first one trains, so
-  a typo in the fifth value of a grid fails in a second, not after four finished runs.
+- `CheckSweepConfigs` checks a config before Hydra makes a run folder for it: every job's of a
+  grid sweep before the first one trains, so a typo in the fifth value of a grid fails in a
+  second, not after four finished runs; a single run's before its folder exists, so bad input
+  leaves nothing behind.
 - `NameRunsByWhatVaries` names a sweep's run folders by the job number and the values that
   differ between its jobs (`3_optimizer.lr=0.1,seed=1`): what all jobs share stays in
   `.hydra/` and results.json, out of folder names and TensorBoard's run list.
@@ -77,7 +79,14 @@ class NameRunsByWhatVaries(Callback):
 
 
 class CheckSweepConfigs(Callback):
-    """Before a grid sweep launches anything, compose and check the config of every job."""
+    """Before a grid sweep launches anything, compose and check the config of every job;
+    before a single run's folder is made, check its config."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_config(config)
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):

@@ -85,13 +85,15 @@ def test_the_default_config_passes(cfg_factory):
     ],
 )
 def test_bad_values_stop_before_training(tmp_path, override, message):
-    proc = run_cli("fmnist_lab.train", *FAST, *override.split(), f"hydra.run.dir={tmp_path}")
+    run_dir = tmp_path / "run"
+    proc = run_cli("fmnist_lab.train", *FAST, *override.split(), f"hydra.run.dir={run_dir}")
     assert proc.returncode != 0
     assert proc.stderr.strip() == message or proc.stderr.startswith(message)
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "results.json").exists()
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / "checkpoints").exists()
+    assert not run_dir.exists()  # not even the folder: bad input leaves nothing behind
 
 
 @pytest.mark.slow
