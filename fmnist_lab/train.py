@@ -378,12 +378,26 @@ def _record_failure(out_dir: Path, cfg: DictConfig, overrides: list[str],
     })
 
 
+def _from_ctrl_c(error: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to `error`."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
         # Ctrl-C outside a run's own handler: Hydra composing a sweep's next job, or a joblib
-        # sweep's parent while its workers train. One line, as an interrupted run gives.
+        # sweep's parent while its workers train. Landing inside OmegaConf it can surface as
+        # another error, which Hydra reports and exits 1 on: still an interruption.
+        if not _from_ctrl_c(stop):
+            raise
         print("interrupted: finished runs are kept; the same command skips them and resumes "
               "the others from their last checkpoints", file=sys.stderr)
         sys.exit(130)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.train import train
+from fmnist_lab.train import _from_ctrl_c, train
 from tests.conftest import ROOT, TINY, run_cli, without_clocks
 
 FAST = [*TINY, "model=three_fc", "data.test_size=200"]
@@ -251,3 +251,30 @@ def test_results_json_is_never_half_written(tmp_path, cfg_factory, monkeypatch):
         train(cfg_factory("model=three_fc"), tmp_path)
     assert not (tmp_path / "results.json").exists()
     assert "state_dict" in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def _hydras_exit_after_ctrl_c_inside_omegaconf() -> SystemExit:
+    """What reaches fmnist_lab.train's top level when Ctrl-C lands while Hydra composes a
+    sweep's next job: OmegaConf's clean-up fails on the half-built node, Hydra wraps and
+    reports that error, then exits 1."""
+    try:
+        try:
+            try:
+                raise KeyboardInterrupt
+            finally:
+                None._invalidate_flags_cache()  # noqa: B018 - what OmegaConf's clean-up hit
+        except AttributeError as error:
+            raise RuntimeError("Error merging override") from error
+    except RuntimeError:
+        try:
+            sys.exit(1)
+        except SystemExit as stop:
+            return stop
+    raise AssertionError("unreachable")
+
+
+def test_an_exit_that_a_ctrl_c_led_to_counts_as_an_interruption():
+    assert _from_ctrl_c(KeyboardInterrupt())
+    assert _from_ctrl_c(_hydras_exit_after_ctrl_c_inside_omegaconf())
+    assert not _from_ctrl_c(SystemExit(1))
+    assert not _from_ctrl_c(SystemExit("error: optimizer.lr=-1 is not allowed: a number > 0"))
