@@ -1,4 +1,4 @@
-# make setup | train | test | test-fast | study | bench | tensorboard | lint | clean
+# make setup | train | test | test-fast | study | tasks | bench | tensorboard | lint | clean
 # `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
 # package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
 # the tests marked slow (the command line, sweeps, make study, longer training): under a
@@ -15,7 +15,7 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
-.PHONY: setup data train test test-fast study bench tensorboard lint clean
+.PHONY: setup data train test test-fast study tasks bench tensorboard lint clean
 
 setup: $(STAMP) data
 
@@ -68,6 +68,30 @@ study: setup
 	    reuse_runs_in=$(STUDY_DIR) $(STUDY_ARGS) $(ARGS)' || status=1; \
 	$(PY) -m fmnist_lab.report $(STUDY_DIR) || status=1; \
 	exit $$status
+
+# The seed's hypothesis across tasks (experiment=tasks, conf/task/) into TASKS_DIR: one sweep
+# of the 15 one-at-a-time configurations per task and seed, TASKS_DIR/TASK/seed_S/JOB, and
+# the control (fmnist_1k at seeds 3-5) in TASKS_DIR/control/seed_S; JOBS of them side by side
+# as in make study, the costly tasks first. fmnist_55k reuses results/study's runs
+# (reuse_runs_in), so the record trains in fp32 as the study did (trainer.precision is part of
+# a run's identity); data.channels_last is a speed switch (not in a run key), faster on CPUs.
+# Re-running with the same TASKS_DIR skips finished runs and resumes the others.
+TASKS_DIR ?= results/tasks
+TASK_ORDER := fmnist_5k fmnist_5k_noisy fmnist_5k_7px fmnist_5k_upper fmnist_1k digits fmnist_55k
+TASK_SEEDS ?= 0,1,2
+CONTROL_SEEDS ?= 3,4,5
+tasks: setup
+	@status=0; \
+	{ for s in $$(echo $(TASK_SEEDS) | tr , ' '); do for t in $(TASK_ORDER); do \
+	    echo "tasks $$t $$s $(TASKS_DIR)/$$t/seed_$$s"; done; \
+	  c=$$(echo $(CONTROL_SEEDS) | cut -d, -f$$(( $$s + 1 ))); \
+	  [ -n "$$c" ] && echo "tasks_control fmnist_1k $$c $(TASKS_DIR)/control/seed_$$c"; done; } | \
+	  xargs -P $(JOBS) -L 1 sh -c '$(PY) -m fmnist_lab.train -m experiment=$$0 task=$$1 seed=$$2 \
+	    data.channels_last=true hydra.sweep.dir=$$3 \
+	    reuse_runs_in=[$(TASKS_DIR),$(STUDY_RECORD)] $(STUDY_ARGS) $(ARGS)' || status=1; \
+	$(PY) -m fmnist_lab.report $(TASKS_DIR) || status=1; \
+	exit $$status
+STUDY_RECORD ?= results/study
 
 # The suite's tests mostly start a Python that imports torch and Lightning (seconds of one
 # core each): two pytest workers on two cores, a thread each, take 6 minutes where one takes 12.

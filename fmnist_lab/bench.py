@@ -52,12 +52,13 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fmnist_lab.data import DataError, TensorBatches
+from fmnist_lab.data import TensorBatches
 from fmnist_lab.models import init_weights, model_config, model_names, num_params, study_models
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
+from fmnist_lab.run import History, build_datamodule, build_module, build_trainer, machine
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
-from fmnist_lab.train import History, build_datamodule, build_module, build_trainer, machine
+from fmnist_lab.tasks import DataError
 
 log = logging.getLogger("fmnist_lab")
 
@@ -122,7 +123,7 @@ class WindowCallback(pl.Callback):
 
 
 def time_lightning(cfg: DictConfig, window: Window, workdir: Path) -> None:
-    """(a) A training run as `fmnist_lab.train.train` sets it up, stopped once timed."""
+    """(a) A training run as `fmnist_lab.run.train` sets it up, stopped once timed."""
     datamodule, module = build_datamodule(cfg), build_module(cfg)
     # Runs until WindowCallback stops it.
     trainer = build_trainer(cfg, workdir, [History(), WindowCallback(window)],

@@ -11,7 +11,7 @@ are, and draws each matrix as a heatmap.
 Layers: the reference's `features` (for ResNet-18 the 512 features after global average
 pooling); the candidate's `features` (its last hidden layer) and its `classifier` output
 (the 10 logits, the layer the seed's (10, 10) matrix came from). They are captured with
-forward hooks. A network not given is trained first, through `fmnist_lab.train.train`
+forward hooks. A network not given is trained first, through `fmnist_lab.run.train`
 with the same overrides, into a subfolder of this run's folder.
 """
 
@@ -34,12 +34,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from fmnist_lab.data import COUNTS, DataError, load_fashion_mnist, stratified_holdout
+from fmnist_lab.data import stratified_holdout
 from fmnist_lab.models import StudyNet, build_model, model_config, model_name, model_names
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.runs import checkpoint_to_resume
 from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
+from fmnist_lab.tasks import FASHION_COUNTS, DataError, load_source
 from fmnist_lab.transforms import normalize, to_unit_float
 
 matplotlib.use("Agg")  # files only: runs on machines without a display
@@ -252,7 +253,7 @@ def train_network(cfg: DictConfig, role: str, model: str | None, out_dir: Path,
 
     Started again in the same folder (the same hydra.run.dir), a completed run is reused.
     """
-    from fmnist_lab.train import train  # Lightning is only needed when something trains
+    from fmnist_lab.run import train  # Lightning is only needed when something trains
 
     run_dir = out_dir / role
     run_cfg = copy.deepcopy(cfg)
@@ -411,8 +412,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 COMPARE_RULES: dict[str, Rule] = {
     "compare.num_images": (  # correlations need a few images
-        lambda v, c: is_int(v) and 3 <= v <= COUNTS["test"],
-        f"an integer from 3 to {COUNTS['test']}",
+        lambda v, c: is_int(v) and 3 <= v <= FASHION_COUNTS["test"],
+        f"an integer from 3 to {FASHION_COUNTS['test']}",
     ),
     "compare.subset_seed": int_at_least(0),
     "compare.batch_size": int_at_least(1),
@@ -462,7 +463,7 @@ def run_compare(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[st
     for role in ROLES:
         if c[role] is not None:
             networks[role] = load_network(role, Path(c[role]), c[f"{role}_model"])
-    data = load_fashion_mnist(cfg.data.root, cfg.data.download)
+    data = load_source("fashion_mnist", cfg.data.root, cfg.data.download)
     defaults = {"reference": c.reference_model or "resnet18", "candidate": c.candidate_model}
     for role in ROLES:
         if networks[role] is None:

@@ -21,7 +21,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist_lab.results import BOOKKEEPING, IMPLIED_CHOICES, flatten
+from fmnist_lab.keys import BOOKKEEPING, IMPLIED_CHOICES
+from fmnist_lab.results import flatten
 
 # SummaryWriter.add_custom_scalars' format: {category: {chart: ["Multiline", [tag regexes]]}}.
 CURVES = {"curves": {

@@ -1,179 +1,37 @@
-"""Fashion-MNIST from its four IDX files, split and served as batches of device tensors.
+"""Splits, folds and batches: how a task's images reach the network.
 
-The whole data set is 55 MB of uint8, so it is read once per process, moved to the training
-device once per run, and batches are sliced out of it by index. That is what makes the MLP
-train ~10x faster than a torchvision Dataset + DataLoader + per-image PIL pipeline, and it
-lets a sweep pay for reading the files once (the cache below), not once per run.
+The data module reads the task's source once per process (fmnist_lab.tasks), carves the
+validation split (or the K folds) out of its training images, takes the training subset,
+moves each split to the training device once per run, and slices batches out of it by index.
+Keeping uint8 images on the device and slicing them is what makes the MLP train ~10x faster
+than a torchvision Dataset + DataLoader + per-image PIL pipeline.
+
+The splits depend on `data.split_seed` alone, never on a run's seed: every run of a task,
+whatever its seed or setting, validates on the same images and trains on the same ones.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
-import os
-import struct
-import zlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from fmnist_lab.tasks import (
+    DataError,
+    Source,
+    find_data_root,
+    flip_labels,
+    load_source,
+    relabel,
+    to_input,
+)
 from fmnist_lab.transforms import normalize, to_unit_float
-
-DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_ROOT = Path("data")
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28)
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-COUNTS = {"train": 60_000, "test": 10_000}
-IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
-REMEDY = "run `make setup`, or pass data.root=FOLDER holding the four Fashion-MNIST IDX files"
-
-
-class DataError(Exception):
-    """A data problem a user can fix; its message is one line naming the file and the remedy."""
-
-
-# ---------------------------------------------------------------------------- IDX files
-
-
-def read_idx(path: str | Path) -> torch.Tensor:
-    """Read one IDX file (gzipped or not) into a uint8 tensor, checking its header."""
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; {REMEDY}") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt ({e}); {REMEDY}") from None
-
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short to be an IDX file; {REMEDY}")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
-        magic = struct.unpack(">I", raw[:4])[0]
-        raise DataError(f"{path}: bad magic number {magic} (expected 2049 or 2051); {REMEDY}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header; {REMEDY}")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = math.prod(shape)
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: holds {len(raw) - header} bytes of data, header says {expected} "
-            f"(shape {shape}): truncated or corrupt; {REMEDY}"
-        )
-    data = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
-    return data.reshape(shape)
-
-
-def write_idx(path: str | Path, data: torch.Tensor) -> None:
-    """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz)."""
-    path = Path(path)
-    data = data.to(torch.uint8).contiguous()
-    header = struct.pack(">HBB", 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
-    payload = header + data.numpy().tobytes()
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(payload)
-
-
-def _file_in(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _holds_dataset(folder: Path) -> bool:
-    return all(_file_in(folder, stem) for stem in FILES.values())
-
-
-def find_data_root(root: str | Path | None = None, download: bool = True) -> Path:
-    """Where the IDX files are: `root`, else $FMNIST_DATA, else Debian's package, else data/.
-
-    An explicit `root` (or $FMNIST_DATA) is authoritative: if it lacks a file, that file is
-    named in the error rather than silently falling back to another copy.
-    """
-    explicit = root if root not in (None, "") else os.environ.get("FMNIST_DATA") or None
-    if explicit is not None:
-        folder = Path(explicit).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"{folder}: data folder does not exist; {REMEDY}")
-        for stem in FILES.values():
-            if _file_in(folder, stem) is None:
-                raise DataError(f"{folder / stem}(.gz): file not found; {REMEDY}")
-        return folder
-
-    torchvision_raw = DOWNLOAD_ROOT / "FashionMNIST" / "raw"
-    for folder in (DEBIAN_ROOT, DOWNLOAD_ROOT, torchvision_raw):
-        if _holds_dataset(folder):
-            return folder
-    if download:
-        try:
-            import torchvision
-
-            torchvision.datasets.FashionMNIST(str(DOWNLOAD_ROOT), train=True, download=True)
-            torchvision.datasets.FashionMNIST(str(DOWNLOAD_ROOT), train=False, download=True)
-        except Exception:  # no network here: fall through to the one-line error
-            pass
-        if _holds_dataset(torchvision_raw):
-            return torchvision_raw
-    raise DataError(
-        f"Fashion-MNIST not found (looked in data.root, $FMNIST_DATA, {DEBIAN_ROOT}, "
-        f"{DOWNLOAD_ROOT}/, and the download failed); {REMEDY}"
-    )
-
-
-@dataclass(frozen=True)
-class FashionMNIST:
-    """The whole data set as uint8 tensors: images (N, 28, 28), labels (N,)."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-
-
-_CACHE: dict[Path, FashionMNIST] = {}
-
-
-def load_fashion_mnist(root: str | Path | None = None, download: bool = True) -> FashionMNIST:
-    """Read and validate the four files once per process (a sweep reuses them)."""
-    folder = find_data_root(root, download).resolve()
-    if folder in _CACHE:
-        return _CACHE[folder]
-    tensors = {key: read_idx(_file_in(folder, stem)) for key, stem in FILES.items()}
-    for split, count in COUNTS.items():
-        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
-        images_file = _file_in(folder, FILES[f"{split}_images"])
-        labels_file = _file_in(folder, FILES[f"{split}_labels"])
-        if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-            raise DataError(f"{images_file}: images of shape {tuple(images.shape)}, "
-                            f"expected (N, 28, 28); {REMEDY}")
-        if labels.dim() != 1:
-            raise DataError(f"{labels_file}: not a label file (shape {tuple(labels.shape)}); "
-                            f"{REMEDY}")
-        if len(images) != count or len(labels) != count:
-            raise DataError(f"{images_file}: {len(images)} images and {len(labels)} labels, "
-                            f"expected {count} of each; {REMEDY}")
-        if int(labels.max()) >= NUM_CLASSES:
-            raise DataError(f"{labels_file}: label {int(labels.max())} outside 0-9; {REMEDY}")
-    data = FashionMNIST(**{k: v.contiguous() for k, v in tensors.items()})
-    _CACHE[folder] = data
-    return data
-
 
 # ---------------------------------------------------------------------------- splits
 
@@ -274,8 +132,114 @@ class BatchGroup(TensorBatches):
             yield self.prepare(images), labels
 
 
-class FashionMNISTDataModule(pl.LightningDataModule):
-    """Owns the splits (hold-out or K-fold), the training subset, and the transforms.
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """Which images of a task each split takes (positions into the source's training or test
+    images) and their labels for the task: relabelled by `classes`, training labels noisy."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor
+    val_labels: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+
+def train_and_test(source: Source, split_seed: int) -> tuple[torch.Tensor, ...]:
+    """(train images, train labels, test images, test labels) of `source`; a source without
+    a test set (digits) has its `test_fraction` of every class held out by `split_seed`."""
+    if source.test_images is not None:
+        return source.train_images, source.train_labels, source.test_images, source.test_labels
+    size = round(source.test_fraction * len(source.train_labels))
+    train, test = stratified_holdout(source.train_labels, size, split_seed)
+    return (source.train_images[train], source.train_labels[train],
+            source.train_images[test], source.train_labels[test])
+
+
+def task_split(
+    train_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    train_size: int | None = None,
+    val_size: int = 5000,
+    test_size: int | None = None,
+    num_folds: int | None = None,
+    fold: int = 0,
+    split_seed: int = 0,
+    classes: list[int] | None = None,
+    label_noise: float = 0.0,
+) -> TaskSplit:
+    """The splits of a task, from the labels of its source's training and test images.
+
+    Hold-out: `val_size` images of all the training images, stratified, validate (the same
+    images whatever `train_size` and `classes`, which only leave some out); `train_size` of
+    the rest train, stratified; null: all of them. K-fold: the first `train_size` shuffled
+    images (of `classes`) are split into `num_folds` stratified folds; fold `fold` validates.
+    Raises DataError naming the key when a split would be empty or lack a class.
+    """
+    pool = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(split_seed))
+    kept = (lambda idx, labels: idx[torch.isin(labels[idx], torch.tensor(classes))]) \
+        if classes else (lambda idx, labels: idx)
+    test = kept(torch.arange(len(test_labels)), test_labels)[:test_size]
+    if num_folds:
+        pool = kept(pool, train_labels)[:train_size]
+        if len(pool) < num_folds:
+            raise DataError(f"data.train_size={train_size}: {len(pool)} images cannot fill "
+                            f"data.num_folds={num_folds} folds")
+        folds = stratified_folds(train_labels[pool], num_folds, split_seed)
+        rest = torch.cat([f for k, f in enumerate(folds) if k != fold]).sort().values
+        train, val = pool[rest], pool[folds[fold]]
+    else:
+        if val_size >= len(pool):
+            raise DataError(f"data.val_size={val_size}: the source has {len(pool)} training "
+                            "images; leave some to train on")
+        train_at, val_at = stratified_holdout(train_labels[pool], val_size, split_seed)
+        train, val = kept(pool[train_at], train_labels), kept(pool[val_at], train_labels)
+        if train_size is not None:
+            if train_size > len(train):
+                raise DataError(f"data.train_size={train_size}: {len(train)} training images "
+                                "remain after the validation split (and data.classes)")
+            train = train[stratified_holdout(train_labels[train], train_size, split_seed)[1]]
+
+    def labels_of(idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return relabel(labels[idx], classes) if classes else labels[idx]
+
+    k = len(classes) if classes else num_classes
+    split = TaskSplit(train, val, test, labels_of(train, train_labels),
+                      labels_of(val, train_labels), labels_of(test, test_labels), k)
+    _check_every_class_present(split)
+    if label_noise:
+        noisy = flip_labels(split.train_labels, label_noise, k, split_seed)
+        split = TaskSplit(train, val, test, noisy, split.val_labels, split.test_labels, k)
+    return split
+
+
+def _check_every_class_present(split: TaskSplit) -> None:
+    """A class without a training image cannot be learnt, one without a validation image
+    cannot be scored, and no test image means no test numbers: name the key that did it."""
+    for name, labels, keys in (("training", split.train_labels, "data.train_size"),
+                               ("validation", split.val_labels, "data.val_size")):
+        counts = torch.bincount(labels, minlength=split.num_classes)
+        if (counts == 0).any():
+            missing = int(torch.nonzero(counts == 0)[0])
+            raise DataError(f"{keys} (with data.classes, data.num_folds): class {missing} of "
+                            f"{split.num_classes} has no {name} image; use more images")
+    if len(split.test_labels) == 0:
+        raise DataError("data.test_size (with data.classes): no test image is left")
+
+
+def _check_classes(classes: list[int], source: Source) -> None:
+    if max(classes) >= source.num_classes:
+        raise DataError(f"data.classes={classes}: {source.name} has classes 0 to "
+                        f"{source.num_classes - 1}")
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Owns a task's splits (hold-out or K-fold), its training subset, and the transforms.
 
     Images stay uint8 until they are on the device; `prepare` turns them into normalised
     float batches and applies the training augmentation to training batches only, so
@@ -285,6 +249,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
+        source: str = "fashion_mnist",
         root: str | None = None,
         download: bool = True,
         batch_size: int = 128,
@@ -295,52 +260,68 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         num_folds: int | None = None,
         fold: int = 0,
         split_seed: int = 0,
+        classes: list[int] | None = None,
+        label_noise: float = 0.0,
+        resolution: int | None = None,
         seed: int = 0,
         augment: nn.Module | None = None,
         channels_last: bool = False,
         group_batches: int = 1,
     ) -> None:
         super().__init__()
-        self.root, self.download = root, download
+        self.source, self.root, self.download = source, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
-        self.num_folds, self.fold = num_folds, fold
-        self.split_seed, self.seed = split_seed, seed
+        self.split_args = dict(train_size=train_size, val_size=val_size, test_size=test_size,
+                               num_folds=num_folds, fold=fold, split_seed=split_seed,
+                               classes=list(classes) if classes else None,
+                               label_noise=label_noise)
+        self.resolution = resolution
+        self.seed = seed
         self.augment = augment
         self.channels_last = channels_last
         self.group_batches = group_batches
+        self._split: TaskSplit | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.prepare_seconds = 0.0  # reading, splitting and moving the data to the device
 
-    def split_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, val) indices into the 60,000 training images; depends on split_seed only."""
-        pool = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        if self.train_size is not None:
-            pool = pool[: self.train_size]
-        pool_labels = labels[pool]
-        if self.num_folds:
-            folds = stratified_folds(pool_labels, self.num_folds, self.split_seed)
-            val = folds[self.fold]
-            train = torch.cat([f for k, f in enumerate(folds) if k != self.fold]).sort().values
-        else:
-            # With a training subset the validation set shrinks in proportion (5,000 of
-            # 60,000 by default), so a quick run on 600 images validates on 50.
-            size = self.val_size * len(pool) // len(labels)
-            train, val = stratified_holdout(pool_labels, max(size, NUM_CLASSES), self.split_seed)
-        return pool[train], pool[val]
+    def split(self) -> TaskSplit:
+        """Which images train, validate and test, and their labels (no image is touched)."""
+        if self._split is None:
+            started = time.perf_counter()
+            source = load_source(self.source, self.root, self.download)
+            if self.resolution is not None and self.resolution > source.native_size:
+                raise DataError(f"data.resolution={self.resolution}: {source.name}'s images "
+                                f"are {source.native_size}x{source.native_size}; use 4 to "
+                                f"{source.native_size}")
+            _, train_labels, _, test_labels = train_and_test(source, self.split_args["split_seed"])
+            if self.split_args["classes"]:
+                _check_classes(self.split_args["classes"], source)
+            self._split = task_split(train_labels, test_labels, source.num_classes,
+                                     **self.split_args)
+            self.prepare_seconds += time.perf_counter() - started
+        return self._split
+
+    @property
+    def num_classes(self) -> int:
+        """The output layer's width: the task's classes."""
+        return self.split().num_classes
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
-        data = load_fashion_mnist(self.root, self.download)
+        split = self.split()
+        started = time.perf_counter()
+        source = load_source(self.source, self.root, self.download)
+        train_images, _, test_images, _ = train_and_test(source, self.split_args["split_seed"])
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        train, val = self.split_indices(data.train_labels)
-        test_n = self.test_size or len(data.test_labels)
-        for name, images, labels in (
-            ("train", data.train_images[train], data.train_labels[train]),
-            ("val", data.train_images[val], data.train_labels[val]),
-            ("test", data.test_images[:test_n], data.test_labels[:test_n]),
+        for name, images, idx, labels in (
+            ("train", train_images, split.train, split.train_labels),
+            ("val", train_images, split.val, split.val_labels),
+            ("test", test_images, split.test, split.test_labels),
         ):
-            self._splits[name] = (images.to(device), labels.long().to(device))
+            self._splits[name] = (to_input(images[idx], self.resolution).to(device),
+                                  labels.to(device))
+        self.prepare_seconds += time.perf_counter() - started
 
     def _shuffle_seed(self) -> int:
         epoch = self.trainer.current_epoch if self.trainer else 0
@@ -360,6 +341,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     def num_images(self, split: str) -> int:
         return len(self._splits[split][1])
+
+    def labels(self, split: str) -> torch.Tensor:
+        """The task's labels of `split` ("train", "val", "test"), in batch order."""
+        return self._splits[split][1]
 
     def prepare(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 images on the device -> the network's input: float, augmented when
@@ -385,7 +370,7 @@ if __name__ == "__main__":
 
     try:
         found = find_data_root(sys.argv[1] if len(sys.argv) > 1 else None)
-        d = load_fashion_mnist(found)
+        d = load_source("fashion_mnist", found)
     except DataError as e:
         sys.exit(f"error: {e}")
     print(f"Fashion-MNIST OK in {found}: {len(d.train_labels)} train, {len(d.test_labels)} test")

@@ -134,6 +134,9 @@ class Classifier(pl.LightningModule):
         self.train_loss, self.train_acc = EpochMean(), EpochMean()
         self.val_loss, self.val_acc = EpochMean(), EpochMean()
         self.test_loss, self.test_acc = EpochMean(), EpochMean()
+        # The predicted class of every image of the last validation and of the test pass, in
+        # batch order: what pairs two runs' accuracies image by image (fmnist_lab.report).
+        self._predicted: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -224,20 +227,30 @@ class Classifier(pl.LightningModule):
             self.diverged_epoch = self.current_epoch + 1
         self.trainer.should_stop = True
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: EpochMean,
-                  acc_metric: EpochMean, stage: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                  loss_metric: EpochMean, acc_metric: EpochMean, stage: str) -> None:
         x, y = batch
         logits = self(x)
+        predicted = logits.argmax(dim=1)
+        if batch_idx == 0:
+            self._predicted[stage] = []
+        self._predicted[stage].append(predicted)
         loss_metric.update(F.cross_entropy(logits, y, reduction="sum"), len(y))
-        acc_metric.update((logits.argmax(dim=1) == y).sum(), len(y))
+        acc_metric.update((predicted == y).sum(), len(y))
         self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_acc, "val")
+        self._evaluate(batch, batch_idx, self.val_loss, self.val_acc, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_loss, self.test_acc, "test")
+        self._evaluate(batch, batch_idx, self.test_loss, self.test_acc, "test")
+
+    def predicted(self, stage: str) -> torch.Tensor | None:
+        """The class predicted for every image of the last `stage` ("val", "test") pass, in
+        the order the data module serves them; None before any."""
+        batches = self._predicted[stage]
+        return torch.cat(batches).cpu() if batches else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diverged_epoch"] = self.diverged_epoch

@@ -38,10 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_lab.keys import BOOKKEEPING, IMPLIED, IMPLIED_CHOICES, LAUNCH_GROUPS
 from fmnist_lab.results import (
-    BOOKKEEPING,
-    IMPLIED,
-    IMPLIED_CHOICES,
     RESULTS_FILE,
     find_results,
     flatten,
@@ -50,8 +48,6 @@ from fmnist_lab.results import (
 
 COMPARE_FILE = "compare.md"
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep: its grid and command line
-# Config groups that say how a run was launched, not what it learned: never "swept".
-LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 # Shown under a table's heading when the same for all its runs: what the table held fixed.
 HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
               "data.batch_size", "data.train_size", "trainer.max_epochs")
@@ -230,7 +226,7 @@ def _declared_keys(sweep_dir: Path) -> frozenset[str]:
     try:
         from omegaconf import OmegaConf
 
-        from fmnist_lab.sweep import swept_keys_declared
+        from fmnist_lab.keys import swept_keys_declared
     except ImportError:
         return frozenset()
     try:

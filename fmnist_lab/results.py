@@ -14,17 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fmnist_lab.keys import identity
+
 RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.npz"  # per-image predictions of a completed run (run.py)
 # A run in one of these states is never trained again; "failed" and "running" are retried.
 FINISHED = ("completed", "diverged")
-# Config keys that change where a run is written or how fast, never what it learns (a
-# diverged run stops sooner or later in the same epoch): left out of a run's identity
-# (run_key) and never "swept" in the report.
-BOOKKEEPING = frozenset({
-    "name", "seed", "num_threads", "reuse_runs_in", "divergence_check_every", "data.root",
-    "data.download", "data.eval_batch_size", "data.group_batches",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-})
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -36,6 +31,27 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def record(status: str, config: dict[str, Any], overrides: list[str] | None = None,
+           choices: dict[str, str] | None = None, **outcome: Any) -> dict[str, Any]:
+    """A run's results.json record: its status, its outcome (metrics, history, error,
+    reused_from...), then what it ran: seed, overrides, group choices, the composed config
+    and, for a run that finished, its run key."""
+    result = {"status": status, **outcome, "seed": config.get("seed"),
+              "overrides": list(overrides or []), "choices": dict(choices or {}),
+              "config": config}
+    if status in FINISHED:
+        result["run_key"] = run_key(config)
+    return result
+
+
+def write_results(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Write `result` (see `record`) as out_dir/results.json: the one place a run's record
+    is written, atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / RESULTS_FILE, result)
+    return result
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
@@ -58,34 +74,12 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Keys added to the config after runs were recorded, with the value that does what the code
-# did before they existed. At that value a key is left out of a run's identity, so a recorded
-# run (results/study) keeps matching the same configuration composed by newer code.
-IMPLIED: dict[str, Any] = {
-    # Regularisation in the networks: off, as the seed's networks had none.
-    "model.dropout": 0.0,
-    "model.norm": "none",
-    # The optimizer became a config group; its default, sgd, is the SGD all runs
-    # used, built from the same lr, momentum and weight_decay keys as before.
-    "optimizer._target_": "torch.optim.SGD",
-    "optimizer._partial_": True,
-    # scheduler=none adds no key. Label smoothing 0 is plain cross-entropy.
-    "loss.label_smoothing": 0.0,
-}
-# Config groups added later, with the choice that does what the code did before (for the
-# report's reading of recorded runs, which have no such choice).
-IMPLIED_CHOICES: dict[str, str] = {"optimizer": "sgd", "scheduler": "none"}
-
-
 def run_key(config: dict[str, Any]) -> str:
     """What identifies a trained run: its composed config, bookkeeping aside, and its seed.
 
     Two runs with the same key learn the same thing, whichever experiment launched them.
     """
-    identity = {k: v for k, v in flatten(config).items()
-                if k not in BOOKKEEPING and not (k in IMPLIED and IMPLIED[k] == v)}
-    identity["seed"] = config.get("seed")
-    text = json.dumps(identity, sort_keys=True, default=str)
+    text = json.dumps(identity(flatten(config)), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

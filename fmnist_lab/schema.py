@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fmnist_lab.data import COUNTS
+from fmnist_lab.data import TaskDataModule
 from fmnist_lab.models import NORMS
+from fmnist_lab.tasks import SOURCES
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,19 @@ def fraction(v: Any) -> bool:
     return is_number(v) and 0 <= v < 1
 
 
+def optional_int_at_least(low: int) -> Rule:
+    return lambda v, c: v is None or (is_int(v) and v >= low), f"null or an integer >= {low}"
+
+
+def class_list(v: Any, c: DictConfig) -> bool:
+    """null, or two or more distinct class ids."""
+    if v is None:
+        return True
+    ids = list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+    return (ids is not None and len(ids) >= 2 and all(is_int(i) and i >= 0 for i in ids)
+            and len(set(ids)) == len(ids))
+
+
 def is_sgd(c: DictConfig) -> bool:
     return str(OmegaConf.select(c, "optimizer._target_", default="")).endswith(".SGD")
 
@@ -65,21 +79,24 @@ RULES: dict[str, Rule] = {
     ),
     "optimizer.weight_decay": (lambda v, c: is_number(v) and v >= 0, "a number >= 0"),
     "divergence_check_every": int_at_least(1),
-    "data.root": (lambda v, c: v is None or isinstance(v, str), "null or a folder"),
     "data.download": BOOLEAN,
     "data.batch_size": int_at_least(1),
     "data.eval_batch_size": int_at_least(1),
-    "data.train_size": (
-        lambda v, c: v is None or (is_int(v) and 1 <= v <= COUNTS["train"]),
-        f"null (all) or an integer from 1 to {COUNTS['train']}",
+    "data.source": (lambda v, c: v in SOURCES, " or ".join(SOURCES)),
+    "data.root": (
+        lambda v, c: isinstance(v, str) and v != "" if c.data.source == "idx"
+        else v is None or isinstance(v, str),
+        "a folder (required with data=idx), or null to look in the usual places",
     ),
-    "data.val_size": (
-        lambda v, c: is_int(v) and 1 <= v < COUNTS["train"],
-        f"an integer from 1 to {COUNTS['train'] - 1}",
-    ),
-    "data.test_size": (
-        lambda v, c: v is None or (is_int(v) and 1 <= v <= COUNTS["test"]),
-        f"null (all) or an integer from 1 to {COUNTS['test']}",
+    "data.train_size": optional_int_at_least(1),
+    "data.val_size": int_at_least(1),
+    "data.test_size": optional_int_at_least(1),
+    "data.classes": (class_list, "null (all), or a list of two or more distinct class ids "
+                                 "(integers >= 0), e.g. [0,2,4,6]"),
+    "data.label_noise": (lambda v, c: fraction(v), "a fraction in [0, 1)"),
+    "data.resolution": (
+        lambda v, c: v is None or (is_int(v) and v >= 4),
+        "null (native) or an integer from 4 up to the images' native size",
     ),
     "data.num_folds": (
         lambda v, c: v is None or (is_int(v) and v >= 2), "null (hold-out) or an integer >= 2"
@@ -108,6 +125,11 @@ RULES: dict[str, Rule] = {
     "trainer.precision": (
         lambda v, c: str(v) in ("32", "32-true", "bf16-mixed", "16-mixed"),
         "32-true, bf16-mixed or 16-mixed",
+    ),
+    "reuse_runs_in": (
+        lambda v, c: v is None or isinstance(v, str) or (
+            isinstance(v, ListConfig) and len(v) > 0 and all(isinstance(p, str) for p in v)),
+        "null, a folder, or a list of folders",
     ),
     "num_threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
     # Regularisation and schedules. resnet18 has neither model key: unset is fine.
@@ -170,8 +192,17 @@ def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
             raise ConfigError(key, value, allowed)
 
 
+def check_data(cfg: DictConfig) -> None:
+    """Raise DataError where the data cannot be read (a missing or unreadable data.root), a
+    key asks for what the data set does not have (a class id, a resolution above its native
+    size), or a split comes out empty or without a class: before any run folder exists."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()}
+    TaskDataModule(**data).split()
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first key or value of a run's config that breaks a rule."""
+    """Raise ConfigError (or DataError) for the first key or value of a run's config that
+    breaks a rule."""
     check_keys(cfg)
     check_rules(cfg, RULES)
     if cfg.data.num_folds and cfg.data.train_size is not None:
@@ -180,3 +211,4 @@ def check_config(cfg: DictConfig) -> None:
                 "data.train_size", cfg.data.train_size,
                 f"at least 10 images per fold ({cfg.data.num_folds * 10}) with data.num_folds",
             )
+    check_data(cfg)

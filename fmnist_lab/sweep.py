@@ -25,39 +25,45 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from fmnist_lab.results import read_statuses
+from fmnist_lab.keys import constant_keys, swept_keys_declared
+from fmnist_lab.results import read_statuses, run_key
 from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.tasks import DataError
 
 
-def sweep_overrides(config: DictConfig) -> list[Override]:
-    """The sweeper's params, then the command line's overrides, parsed as Hydra parses them."""
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job the sweep will launch, as its sweeper computes them:
+    the basic sweeper's grid, or OneAtATimeSweeper's deduplicated union."""
+    grid = [job for batch in BasicSweeper.split_arguments(_grid_overrides(config), None)
+            for job in batch]
+    one_at_a_time = config.hydra.sweeper.get("one_at_a_time")
+    if not one_at_a_time:
+        return grid
+    parser = OverridesParser.create()
+    variants = [[f"{o.get_key_element()}={value}"]
+                for o in parser.parse_overrides([f"{k}={v}" for k, v in one_at_a_time.items()])
+                for value in (o.sweep_string_iterator() if o.is_sweep_override()
+                              else [o.get_value_element_as_str()])]
+    loader = GlobalHydra.instance().config_loader()
+    jobs, seen = [], set()
+    for point in grid:
+        for variant in variants:
+            job = point + variant
+            composed = loader.load_sweep_config(config, job)
+            runs = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+            key = run_key(OmegaConf.to_container(runs, resolve=True))
+            if key not in seen:  # the shared baseline (lr 0.01 = batch 128 = ...) runs once
+                seen.add(key)
+                jobs.append(job)
+    return jobs
+
+
+def _grid_overrides(config: DictConfig) -> list[Override]:
+    """The sweeper's params, then the command line's overrides: what the grid is made of."""
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     return OverridesParser.create().parse_overrides(arguments)
-
-
-def grid_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of every job the basic sweeper will launch, as it computes them."""
-    batches = BasicSweeper.split_arguments(sweep_overrides(config), None)
-    return [job for batch in batches for job in batch]
-
-
-def constant_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep sets to one value for all its jobs (command line or sweeper params).
-
-    A key given twice takes its last value, as the basic sweeper does: `seed=0` on the command
-    line pins an experiment's `seed: 0,1,2`.
-    """
-    last = {o.key_or_group: o for o in sweep_overrides(config)}
-    return sorted(k for k, o in last.items() if not o.is_sweep_override())
-
-
-def swept_keys_declared(config: DictConfig) -> list[str]:
-    """The keys a sweep varies (several values, a range or a search interval), as its
-    `multirun.yaml` declares them: known before all of its runs have finished."""
-    last = {o.key_or_group: o for o in sweep_overrides(config)}
-    return sorted(k for k, o in last.items() if o.is_sweep_override())
 
 
 class NameRunsByWhatVaries(Callback):
@@ -85,17 +91,18 @@ class CheckSweepConfigs(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_config(config)
-        except ConfigError as e:
+        except (ConfigError, DataError) as e:
             sys.exit(f"error: {e}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith(
+                ("BasicSweeper", "OneAtATimeSweeper")):
             return  # optuna & co. draw their values as they go: each run checks its own
         loader = GlobalHydra.instance().config_loader()
-        for job in grid_jobs(config):
+        for job in sweep_jobs(config):
             try:
                 check_config(loader.load_sweep_config(config, job))
-            except ConfigError as e:
+            except (ConfigError, DataError) as e:
                 sys.exit(f"error: {e} (sweep job: {' '.join(job)}); nothing was run")
 
 
