@@ -45,7 +45,7 @@ train: setup
 # stop the others; the exit code says so at the end. Re-running with the same STUDY_DIR
 # skips finished runs and resumes interrupted ones. The study trains in bf16-mixed on a GPU or
 # a CPU with bf16 instructions (nearly twice as fast as fp32 there), else in fp32: CPUs
-# without them emulate bf16 about 9x slower than fp32 (README, Performance).
+# without them emulate bf16 about 9x slower than fp32 (docs/performance.md).
 PRECISION ?= $(shell (command -v nvidia-smi || grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo) \
 	>/dev/null 2>&1 && echo bf16-mixed || echo 32-true)
 # JOBS sweeps side by side, each training one run at a time with cores/JOBS torch threads

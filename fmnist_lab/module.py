@@ -4,7 +4,7 @@ schedule (conf/optimizer, conf/scheduler; SGD with momentum by default), accurac
 A training batch from Lightning is a group of batches (`data.group_batches`; any iterable of
 (x, y) will do), each its own optimizer step, with manual optimization: Lightning's loop
 around a batch costs as much as the MLP's whole step on a CPU, and a group pays it once
-(README, Performance, has the numbers). Inside a group, backward and step are plain PyTorch
+(docs/performance.md has the numbers). Inside a group, backward and step are plain PyTorch
 (with Lightning's GradScaler under 16-mixed; Lightning autocasts the whole training step),
 and `counted_step` counts each step in `global_step` as Lightning does. The price:
 callbacks' backward and optimizer-step hooks do not fire, and Trainer(gradient_clip_val,

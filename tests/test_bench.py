@@ -1,5 +1,5 @@
 """The throughput bench and the speed switches. Nothing here asserts a speed: the machine is
-shared, and the bench itself reports the numbers (README, Performance)."""
+shared, and the bench itself reports the numbers (docs/performance.md)."""
 
 import json
 

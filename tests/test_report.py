@@ -14,15 +14,11 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist_lab.report import (
-    band_text,
-    group_sweeps,
-    load_runs,
-    spearman,
-    update_readme_tables,
-    use_log_scale,
-    write_report,
-)
+from fmnist_lab.report import write_report
+from fmnist_lab.report.docs import update_readme_tables
+from fmnist_lab.report.figures import band_text, use_log_scale
+from fmnist_lab.report.runs import group_sweeps, load_runs
+from fmnist_lab.report.stats import spearman
 from tests.conftest import PNG_SIGNATURE, ROOT, column, run_cli, table
 
 # What train.py resolves, cut to the keys the report reads.
@@ -529,3 +525,20 @@ def test_the_study_wall_time_is_the_union_of_its_epochs_seed_by_seed(tmp_path: P
 def test_a_record_without_clocks_has_no_time_section(tmp_path: Path):
     write_sweep(tmp_path, [fake_result("learning_rate", {"optimizer.lr": v}) for v in (0.01, 0.1)])
     assert "## Time" not in write_report(tmp_path).markdown.read_text()
+
+
+def test_the_report_imports_neither_torch_nor_lightning_where_they_are_installed(lr_sweep: Path):
+    # Reading a sweep's multirun.yaml once went through fmnist_lab.sweep -> schema -> data:
+    # seven seconds of torch and Lightning before the first run was read.
+    code = ("import runpy, sys; sys.argv = ['report', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('fmnist_lab.report', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'pytorch_lightning', 'lightning', 'torchvision'}))")
+    recorded = ROOT / "results/study/learning_rate/seed_0/multirun.yaml"
+    (lr_sweep / "multirun.yaml").write_text(recorded.read_text())  # Hydra's, as a sweep leaves
+    proc = subprocess.run([sys.executable, "-c", code, str(lr_sweep)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

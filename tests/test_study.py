@@ -15,13 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from fmnist_lab import runs
-from fmnist_lab.report import (
-    README_RECORD,
-    group_sweeps,
-    load_runs,
-    update_readme_tables,
-    write_report,
-)
+from fmnist_lab.report import write_report
+from fmnist_lab.report.docs import README_RECORD, update_readme_tables
+from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
 from tests.conftest import ROOT, TINY, compose_config, run_cli, table
@@ -184,7 +180,7 @@ def test_the_committed_record_trains_no_config_twice(record: Path):
     for r in runs:
         assert r["train_images"] in (55_000, 48_000) and r["test_images"] == 10_000
         if r["config"]["name"] == "compare-reference":
-            continue  # Figure 12's ResNet-18: as many epochs as a CPU allows (README)
+            continue  # Figure 12's ResNet-18: as many epochs as a CPU allows (docs/results.md)
         assert r["config"]["trainer"]["max_epochs"] == 10
         assert r["config"]["optimizer"]["momentum"] == 0.9 or r["config"]["name"] == "momentum"
 
@@ -200,20 +196,19 @@ def test_the_current_code_composes_the_committed_runs_identically():
             recorded["overrides"])
 
 
-def test_the_readmes_results_are_the_records_tables():
-    """Every table of ours in the README's Results is generated from the record
-    (`python -m fmnist_lab.report results/study --readme README.md`), none hand-kept."""
-    readme = (ROOT / "README.md").read_text()
-    results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_results_are_the_records_tables():
+    """Every table of ours in docs/results.md is generated from the record
+    (`python -m fmnist_lab.report results/study --readme docs/results.md`), none hand-kept."""
+    page = (ROOT / "docs" / "results.md").read_text()
     assert {"architecture", "learning_rate", "cross_validation", "compare"} <= set(
-        README_RECORD.findall(results))
+        README_RECORD.findall(page))
     compare = json.loads((STUDY / "compare" / "compare.json").read_text())
-    assert update_readme_tables(readme, group_sweeps(load_runs(STUDY)), compare) == readme
+    assert update_readme_tables(page, group_sweeps(load_runs(STUDY)), compare) == page
 
 
 def test_experiment_tuned_is_the_recorded_recipe():
     """`python -m fmnist_lab.train experiment=tuned` trains exactly the runs whose numbers the
-    README gives: seeds 0, 1, 2 of results/tuned/recipe (the search rounds beside it ran
+    docs give: seeds 0, 1, 2 of results/tuned/recipe (the search rounds beside it ran
     earlier versions of the recipe, each with its composed config in its results.json)."""
     recipe = [json.loads(p.read_text()) for p in (RECORDS[1] / "recipe").rglob("results.json")]
     assert sorted(r["seed"] for r in recipe) == [0, 1, 2]
