@@ -79,15 +79,15 @@ RULES: dict[str, Rule] = {
     ),
     "optimizer.weight_decay": (lambda v, c: is_number(v) and v >= 0, "a number >= 0"),
     "divergence_check_every": int_at_least(1),
-    "data.download": BOOLEAN,
-    "data.batch_size": int_at_least(1),
-    "data.eval_batch_size": int_at_least(1),
     "data.source": (lambda v, c: v in SOURCES, " or ".join(SOURCES)),
     "data.root": (
         lambda v, c: isinstance(v, str) and v != "" if c.data.source == "idx"
         else v is None or isinstance(v, str),
         "a folder (required with data=idx), or null to look in the usual places",
     ),
+    "data.download": BOOLEAN,
+    "data.batch_size": int_at_least(1),
+    "data.eval_batch_size": int_at_least(1),
     "data.train_size": optional_int_at_least(1),
     "data.val_size": int_at_least(1),
     "data.test_size": optional_int_at_least(1),

@@ -26,35 +26,38 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from fmnist_lab.keys import constant_keys, swept_keys_declared
-from fmnist_lab.results import read_statuses, run_key
+from fmnist_lab.results import read_statuses
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.tasks import DataError
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of every job the sweep will launch, as its sweeper computes them:
-    the basic sweeper's grid, or OneAtATimeSweeper's deduplicated union."""
+    the basic sweeper's grid, or, with `one_at_a_time`, every grid point once per value of
+    each listed key, where a value the grid point already has (the shared baseline) is not
+    run again: the first list that holds the baseline's value runs it."""
     grid = [job for batch in BasicSweeper.split_arguments(_grid_overrides(config), None)
             for job in batch]
     one_at_a_time = config.hydra.sweeper.get("one_at_a_time")
     if not one_at_a_time:
         return grid
-    parser = OverridesParser.create()
-    variants = [[f"{o.get_key_element()}={value}"]
-                for o in parser.parse_overrides([f"{k}={v}" for k, v in one_at_a_time.items()])
-                for value in (o.sweep_string_iterator() if o.is_sweep_override()
-                              else [o.get_value_element_as_str()])]
+    moves = [(o.get_key_element(), value)
+             for o in OverridesParser.create().parse_overrides(
+                 [f"{k}={v}" for k, v in one_at_a_time.items()])
+             for value in (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])]
     loader = GlobalHydra.instance().config_loader()
-    jobs, seen = [], set()
+    jobs = []
     for point in grid:
-        for variant in variants:
-            job = point + variant
-            composed = loader.load_sweep_config(config, job)
-            runs = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
-            key = run_key(OmegaConf.to_container(runs, resolve=True))
-            if key not in seen:  # the shared baseline (lr 0.01 = batch 128 = ...) runs once
-                seen.add(key)
-                jobs.append(job)
+        baseline = loader.load_sweep_config(config, point)  # one composition per grid point
+        choices = baseline.hydra.runtime.choices
+        ran_baseline = False
+        for key, value in moves:
+            at_baseline = str(choices[key]) == str(value) if key in choices else \
+                OmegaConf.select(baseline, key) == value
+            if at_baseline and ran_baseline:
+                continue
+            ran_baseline |= at_baseline
+            jobs.append([*point, f"{key}={value}"])
     return jobs
 
 

@@ -29,6 +29,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A few hundred real images and one epoch: seconds on the CPU, well above chance.
 TINY = [
     "data.train_size=600",
+    "data.val_size=500",
     "data.test_size=1000",
     "data.batch_size=32",
     "trainer.max_epochs=1",

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from fmnist_lab import bench, data
+from fmnist_lab import bench, tasks
 from fmnist_lab.models import study_models
+from fmnist_lab.run import build_datamodule, build_module, train
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.train import build_datamodule, build_module, train
 from tests.conftest import TINY, compose_config, make_cfg, run_cli
 
 MLP = ("model=three_fc", "optimizer.lr=0.05", "trainer.max_epochs=2")
@@ -77,8 +77,8 @@ def test_16_mixed_steps_through_lightnings_grad_scaler():
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == 18  # 550 images in batches of 32
-    assert CountingScaler.calls == {"scale": 18, "step": 18, "update": 18}
+    assert trainer.global_step == 19  # 600 images in batches of 32
+    assert CountingScaler.calls == {"scale": 19, "step": 19, "update": 19}
     # Unscaled gradients (65536x) would have diverged; these learnt.
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert trainer.callback_metrics["val/acc"] > 0.2  # chance is 0.1
@@ -118,9 +118,9 @@ def test_compile_must_be_a_boolean():
 @pytest.mark.slow
 def test_runs_in_one_process_read_the_data_files_once(tmp_path, monkeypatch):
     reads = []
-    read_idx = data.read_idx
-    monkeypatch.setattr(data, "_CACHE", {})
-    monkeypatch.setattr(data, "read_idx", lambda path: reads.append(path) or read_idx(path))
+    read_idx = tasks.read_idx
+    monkeypatch.setattr(tasks, "_SOURCES", {})
+    monkeypatch.setattr(tasks, "read_idx", lambda *args: reads.append(args[0]) or read_idx(*args))
     for seed in (0, 1):
         result = train(make_cfg("model=three_fc", f"seed={seed}"), tmp_path / str(seed))
         assert result["status"] == "completed"
@@ -167,7 +167,7 @@ def test_paired_ratio_is_the_median_of_each_rounds_ratio():
 def test_seed_style_transforms_are_torchvisions_per_image(transforms, first):
     compose_ = bench.seed_transform(bench_cfg(f"transforms={transforms}").transforms)
     assert type(compose_.transforms[0]).__name__ == first
-    x = compose_(Image.fromarray(data.load_fashion_mnist().train_images[0].numpy()))
+    x = compose_(Image.fromarray(tasks.load_source("fashion_mnist").train_images[0].numpy()))
     assert x.shape == (1, 28, 28) and -1 <= x.min() and x.max() <= 1
 
 

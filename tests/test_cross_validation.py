@@ -6,17 +6,18 @@ import json
 import pytest
 import torch
 
-from fmnist_lab.data import FashionMNISTDataModule, load_fashion_mnist
-from fmnist_lab.train import build_module, train
+from fmnist_lab.data import TaskDataModule
+from fmnist_lab.run import build_module, train
+from fmnist_lab.tasks import load_source
 from tests.conftest import TINY, run_cli
 
 
 def test_fold_validation_sets_partition_the_training_pool():
-    labels = load_fashion_mnist().train_labels
+    labels = load_source("fashion_mnist").train_labels
     vals, trains = [], []
     for fold in range(5):
-        train_idx, val_idx = FashionMNISTDataModule(
-            train_size=5000, num_folds=5, fold=fold).split_indices(labels)
+        split = TaskDataModule(train_size=5000, num_folds=5, fold=fold).split()
+        train_idx, val_idx = split.train, split.val
         assert not set(train_idx.tolist()) & set(val_idx.tolist())
         assert len(train_idx) + len(val_idx) == 5000
         vals.append(val_idx)
@@ -30,9 +31,8 @@ def test_fold_validation_sets_partition_the_training_pool():
 
 
 def test_folds_do_not_depend_on_the_run_seed():
-    labels = load_fashion_mnist().train_labels
-    a = FashionMNISTDataModule(num_folds=5, fold=2, seed=0).split_indices(labels)[1]
-    b = FashionMNISTDataModule(num_folds=5, fold=2, seed=7).split_indices(labels)[1]
+    a = TaskDataModule(num_folds=5, fold=2, seed=0).split().val
+    b = TaskDataModule(num_folds=5, fold=2, seed=7).split().val
     assert torch.equal(a, b)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist_lab.module import EpochMean, counted_step
-from fmnist_lab.train import build_datamodule, build_module
+from fmnist_lab.run import build_datamodule, build_module
 
 
 def _step_parts():
@@ -49,14 +49,14 @@ def test_epoch_mean_weights_by_count_and_keeps_nan():
 
 
 def test_validation_metrics_are_means_over_images_not_batches(cfg_factory):
-    # 50 validation images in batches of 16, 16, 16 and 2.
+    # 500 validation images in 31 batches of 16 and one of 4.
     cfg = cfg_factory("model=three_fc", "data.eval_batch_size=16")
     datamodule, module = build_datamodule(cfg), build_module(cfg)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     logged = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     x, y = datamodule.val_dataloader().images, datamodule.val_dataloader().labels
-    assert len(y) == 50
+    assert len(y) == 500
     with torch.no_grad():
         logits = module(datamodule.prepare(x))
     assert logged["val/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)

@@ -10,8 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 import fmnist_lab.train as train_module
+from fmnist_lab.run import History, train
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.train import History, train
 from tests.conftest import without_clocks
 
 FAST = ["model=three_fc", "data.test_size=200"]

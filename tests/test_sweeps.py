@@ -130,7 +130,7 @@ def test_slurm_preset_composes(cfg_factory):
 def test_a_command_line_value_pins_a_swept_key_out_of_the_run_names():
     from omegaconf import OmegaConf
 
-    from fmnist_lab.sweep import constant_keys
+    from fmnist_lab.keys import constant_keys
 
     def sweep(params, task):
         return OmegaConf.create({"hydra": {"sweeper": {"params": params},

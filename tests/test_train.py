@@ -5,10 +5,11 @@ import os
 import socket
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 import torch
 
-from fmnist_lab.train import train
+from fmnist_lab.run import train
 from tests.conftest import TINY, run_cli, without_clocks
 
 HOST = socket.gethostname()
@@ -42,7 +43,22 @@ def test_run_writes_results_with_every_field(tiny_run):
     assert ends == sorted(ends) and all(e.tzinfo is not None for e in ends)
     assert abs(datetime.now(timezone.utc) - ends[-1]) < timedelta(minutes=10)
     assert on_disk["machine"]["cpu_count"] >= 1 and on_disk["machine"]["torch_threads"] >= 1
-    assert on_disk["train_images"] == 550 and on_disk["test_images"] == 1000
+    assert (on_disk["train_images"], on_disk["val_images"], on_disk["test_images"]) == (600, 500,
+                                                                                      1000)
+    assert on_disk["num_classes"] == 10
+    # Where its seconds went, by phase; the phases add up to the whole.
+    seconds = on_disk["seconds"]
+    assert {"data", "train", "validate", "test", "other", "total"} == seconds.keys()
+    assert seconds["train"] > 0 and seconds["validate"] > 0 and seconds["test"] > 0
+    parts = sum(v for k, v in seconds.items() if k != "total")
+    assert parts == pytest.approx(seconds["total"], abs=0.01)
+    # Every validation and test image's predicted class, for paired comparisons of runs.
+    with np.load(out / on_disk["predictions"]) as saved:
+        assert saved["val_label"].shape == (500,) and saved["test_label"].shape == (1000,)
+        test_acc = (saved["test_predicted"] == saved["test_label"]).mean()
+        val_acc = (saved["val_predicted"] == saved["val_label"]).mean()
+    assert test_acc == pytest.approx(on_disk["test_acc"], abs=1e-6)
+    assert val_acc == pytest.approx(on_disk["history"][-1]["val_acc"], abs=1e-6)
 
 
 def test_run_learns_something(tiny_run):
@@ -106,10 +122,10 @@ def test_max_steps_counts_optimizer_steps_inside_a_group(tmp_path, cfg_factory):
     assert _global_step(tmp_path) == 6
 
 
-@pytest.mark.parametrize(("every", "steps"), [(1, range(1, 18)), (1000, [18])])
+@pytest.mark.parametrize(("every", "steps"), [(1, range(1, 19)), (1000, [19])])
 def test_divergence_is_caught_within_divergence_check_every_steps(tmp_path, cfg_factory,
                                                                    every, steps):
-    # lr 10 makes the loss non-finite within a few of the epoch's 18 steps: checked every
+    # lr 10 makes the loss non-finite within a few of the epoch's 19 steps: checked every
     # step, the run stops there; checked every 1000, at the epoch's end.
     result = train(cfg_factory("model=three_fc", "optimizer.lr=10",
                                f"divergence_check_every={every}"), tmp_path)
@@ -148,7 +164,7 @@ def test_models_run_on_gpu_when_asked(tmp_path, cfg_factory):
 
 def test_runs_side_by_side_on_a_machine_with_several_gpus_each_get_their_own(
         tmp_path, cfg_factory, monkeypatch, caplog):
-    from fmnist_lab import train as train_module
+    from fmnist_lab import run as train_module
     from fmnist_lab.runs import hold_gpu
 
     def held_by(pid: int, *indices: int) -> None:

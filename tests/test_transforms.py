@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fmnist_lab.data import load_fashion_mnist
+from fmnist_lab.tasks import load_source
 from fmnist_lab.transforms import (
     ColorJitter,
     RandomHorizontalFlip,
@@ -19,7 +19,7 @@ AUGMENTATIONS = {
 
 @pytest.fixture(scope="module")
 def one_image_repeated():
-    image = load_fashion_mnist().train_images[0]  # an ankle boot: not left-right symmetric
+    image = load_source("fashion_mnist").train_images[0]  # an ankle boot: not left-right symmetric
     return to_unit_float(image.expand(64, 28, 28).clone())
 
 
@@ -124,8 +124,8 @@ def test_combined_dials_compose_and_zero_leaves_an_augmentation_out(cfg_factory)
 
 @pytest.mark.parametrize("preset", ["translate", "erase", "combined"])
 def test_new_presets_train(tmp_path, cfg_factory, preset):
-    from fmnist_lab.train import train
+    from fmnist_lab.run import train
 
-    result = train(cfg_factory("model=three_fc", f"transforms={preset}", "data.test_size=200"),
-                   tmp_path)
+    result = train(cfg_factory("model=three_fc", f"transforms={preset}", "data.test_size=200",
+                               "optimizer.lr=0.05"), tmp_path)
     assert result["status"] == "completed" and result["test_acc"] > 0.2
