@@ -24,6 +24,8 @@ from fmnist_lab.report.tables import (
     sweep_table,
     write_csv,
 )
+from fmnist_lab.report.tasks import EXPERIMENTS as TASK_EXPERIMENTS
+from fmnist_lab.report.tasks import tasks_section
 from fmnist_lab.report.timing import time_section
 from fmnist_lab.results import RESULTS_FILE
 
@@ -75,7 +77,13 @@ def write_report(root: Path, log_y: bool = False) -> Report:
           "accuracies in %; `ep 1` is the first epoch and `ep N` the last; seconds is the mean "
           "run time. Every run is listed in `results.csv`.", ""]
     figures, summary = [], []
+    tasks_md, tasks_figures = tasks_section(runs, root)
+    md += tasks_md
+    figures += tasks_figures
     for sweep in sweeps:
+        if sweep.name in TASK_EXPERIMENTS:  # its own section above, not a table per task
+            summary.append(f"{sweep.name}: {len(sweep.runs)} runs, see its section")
+            continue
         figure = plot_losses(sweep, root / f"{file_name(sweep.name)}_loss.png", log_y)
         md += sweep_section(sweep, root, figure, trained_in)
         figures.append(figure)

@@ -1,0 +1,110 @@
+"""The tasks section's verdict rule on made-up runs: an optimum that moves, one that stays,
+and two values that tie on validation where the verdict must be inconclusive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist_lab.report import write_report
+from fmnist_lab.report.runs import load_runs
+from fmnist_lab.report.stats import holm
+from fmnist_lab.report.tasks import DELTA, all_regrets, group_tasks
+from tests.conftest import PNG_SIGNATURE
+
+IMAGES = 1000  # validation and test images a made-up task evaluates on
+BASELINE = {"optimizer.lr": 0.01, "data.batch_size": 128, "init": "default",
+            "transforms": "standard"}
+
+
+def write_run(folder: Path, task: str, seed: int, lr: float, val_acc: float, test_acc: float,
+              rng: np.random.Generator, name: str = "tasks",
+              predictions: bool = True) -> None:
+    """A run of experiment=tasks at `lr` (the other settings at the baseline) whose
+    predictions are right on a random `val_acc` / `test_acc` share of the images."""
+    run = folder / task / f"seed_{seed}" / f"lr={lr}"
+    run.mkdir(parents=True)
+    result = {
+        "status": "completed", "seed": seed, "num_classes": 10,
+        "history": [{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_acc": val_acc}],
+        "test_acc": test_acc,
+        "choices": {"task": task, "init": "default", "transforms": "standard"},
+        "config": {"name": name, "seed": seed, "optimizer": {"lr": lr},
+                   "data": {"batch_size": 128}},
+        "run_key": f"{task}-{seed}-{lr}",
+    }
+    if predictions:
+        arrays = {}
+        for split, acc in (("val", val_acc), ("test", test_acc)):
+            label = rng.integers(0, 10, IMAGES).astype(np.uint8)
+            right = rng.permutation(IMAGES) < round(acc * IMAGES)  # exactly acc of them
+            arrays[f"{split}_label"] = label
+            arrays[f"{split}_predicted"] = np.where(right, label, (label + 1) % 10)
+        np.savez_compressed(run / "predictions.npz", **arrays)
+        result["predictions"] = "predictions.npz"
+    (run / "results.json").write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory) -> Path:
+    """fmnist_55k (no predictions, as results/study's) prefers lr 0.01; on `moved` lr 0.1 is
+    far better; on `kept` 0.01 stays best; on `tied` the two tie on validation and differ
+    by twice the margin on test, so which one a resample picks decides the regret."""
+    folder = tmp_path_factory.mktemp("tasks")
+    rng = np.random.default_rng(1)
+    accuracies = {  # task -> lr -> (validation, test) accuracy at every seed
+        "fmnist_55k": {0.01: (0.92, 0.915), 0.1: (0.90, 0.90)},
+        "moved": {0.01: (0.70, 0.70), 0.1: (0.82, 0.81)},
+        "kept": {0.01: (0.85, 0.85), 0.1: (0.80, 0.80)},
+        "tied": {0.01: (0.80, 0.80), 0.1: (0.80, 0.80 + 2 * DELTA)},
+    }
+    for task, by_lr in accuracies.items():
+        for seed in (0, 1, 2):
+            for lr, (val, test) in by_lr.items():
+                # Seeds scatter by a few tenths of a point, as real ones do.
+                jitter = 0.003 * (seed - 1)
+                write_run(folder, task, seed, lr, val + jitter, test + jitter, rng,
+                          predictions=task != "fmnist_55k")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def regrets(record: Path) -> list:
+    return all_regrets(group_tasks(load_runs(record)))[0]
+
+
+def test_an_optimum_that_moves_stays_or_ties_gets_its_verdict(regrets):
+    found = {(r.task, r.key): r.verdict for r in regrets}
+    assert found[("moved", "optimizer.lr")] == "moves"
+    assert found[("kept", "optimizer.lr")] == "stays"
+    assert found[("tied", "optimizer.lr")] == "inconclusive"
+    # A setting a task never moved (one value: the baseline) is carried at no cost.
+    assert found[("moved", "init")] == "stays"
+
+
+def test_the_regret_is_the_test_accuracy_given_up_by_carrying_fmnist_55ks_best(regrets):
+    moved = next(r for r in regrets if (r.task, r.key) == ("moved", "optimizer.lr"))
+    assert moved.own_best == 0.1 and moved.reference_best == 0.01
+    assert moved.mean == pytest.approx(0.11, abs=0.002)
+    low, high = moved.bounds()
+    assert DELTA < low < moved.mean < high
+
+
+def test_the_report_shows_the_verdicts_and_the_heatmap(record: Path):
+    report = write_report(record)
+    md = report.markdown.read_text()
+    assert "## The seed's hypothesis, tested" in md
+    assert "**moves**" in md and "**stays**" in md and "**inconclusive**" in md
+    assert "δ = 1.0 points" in md and "Holm" in md
+    heatmap = record / "tasks_heatmaps.png"
+    assert heatmap in report.figures and heatmap.read_bytes()[:8] == PNG_SIGNATURE
+    (record / "report.md").unlink()
+    assert write_report(record).markdown.read_text() == md  # the same runs, the same report
+
+
+def test_holm_adjusts_the_smallest_p_the_most():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
