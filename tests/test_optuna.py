@@ -140,7 +140,7 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path):
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "database is locked" not in err and "Traceback" not in err
     trials = study(tmp_path).trials

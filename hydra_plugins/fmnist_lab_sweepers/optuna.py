@@ -126,8 +126,10 @@ class OptunaSweeper(Sweeper):
         """The sampler or pruner `cfg` names (`_target_` and its arguments), None for none;
         one line naming the key where the target does not exist, is not an optuna sampler
         (pruner), or does not take the arguments given."""
+        import importlib
+
         import optuna
-        from hydra.utils import get_object, instantiate
+        from hydra.utils import instantiate
 
         if cfg is None:
             return None
@@ -137,8 +139,9 @@ class OptunaSweeper(Sweeper):
         module = getattr(optuna, kind)
         base_class = getattr(module, base)
         target = cfg._target_
-        try:
-            found = get_object(target)
+        module_name, _, name = target.rpartition(".")
+        try:  # not hydra.utils.get_object, which logs its own lines about a missing one
+            found = getattr(importlib.import_module(module_name), name, None)
         except Exception:
             found = None
         if not (isinstance(found, type) and issubclass(found, base_class)):
