@@ -79,6 +79,22 @@ def trial_counts(study: Any) -> dict[str, int]:
     return result
 
 
+def trial_table(study: Any) -> list[dict[str, Any]]:
+    """One row per trial of the search, in trial order, for tables and figures that draw
+    pruned trials beside completed ones: number, state ("complete", "pruned", "fail",
+    "running", "waiting"), params, value (a completed trial's objective; a pruned one's last
+    reported validation accuracy), last_epoch (the last epoch it reported), run_dir."""
+    rows = []
+    for t in search_trials(study):
+        steps = sorted(t.intermediate_values)
+        value = t.value if t.state.name == "COMPLETE" else (
+            t.intermediate_values[steps[-1]] if steps and t.state.name == "PRUNED" else None)
+        rows.append({"number": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+                     "value": value, "last_epoch": steps[-1] if steps else None,
+                     "run_dir": t.user_attrs.get("run_dir")})
+    return rows
+
+
 def param_importances(study: Any, seed: int = 0) -> dict[str, float]:
     """optuna's fANOVA parameter importances over the completed trials (pruned and failed
     ones have no final value), summing to 1, largest first; seeded, so a report regenerates

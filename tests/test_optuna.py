@@ -226,12 +226,14 @@ def test_a_study_is_read_without_torch(tmp_path):
     code = ("import sys; from fmnist_lab import search as s; "
             "st = s.load_studies(s.journal_of(sys.argv[1]))[0]; "
             "print(s.trial_counts(st)); print(sorted(s.param_importances(st))); "
+            "print([(r['state'], r['value'], r['last_epoch']) for r in s.trial_table(st)]); "
             "assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "'complete': 3, 'pruned': 1, 'fail': 0" in proc.stdout
     assert "['optimizer', 'optimizer.lr']" in proc.stdout
+    assert "('complete', 0.8" in proc.stdout and "('pruned', 0.8, 1)]" in proc.stdout
 
 
 def test_the_dashboard_serves_a_search_over_http(tmp_path):
