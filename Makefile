@@ -1,4 +1,4 @@
-# make setup | train | test | test-fast | study | tasks | bench | tensorboard | lint | clean
+# make setup | train | test | test-fast | study | tasks | bench | tensorboard | dashboard | lint | clean
 # `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
 # package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
 # the tests marked slow (the command line, sweeps, make study, longer training): under a
@@ -15,7 +15,7 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
-.PHONY: setup data train test test-fast study tasks bench tensorboard lint clean
+.PHONY: setup data train test test-fast study tasks bench tensorboard dashboard lint clean
 
 setup: $(STAMP) data
 
@@ -23,7 +23,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,optuna]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST: already found (data.root / $$FMNIST_DATA / Debian's package / data/)?
@@ -107,6 +107,15 @@ bench: setup
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs
+
+# optuna-dashboard on a search's study (hparams_search=optuna keeps it in DIR/optuna.journal):
+# `make dashboard DIR=outputs/multirun/optuna/2026-...` prints its address; PORT=0 picks a free
+# port, HOST=0.0.0.0 listens beyond this machine. Ctrl-C stops it.
+PORT ?= 8080
+HOST ?= 127.0.0.1
+dashboard: $(STAMP)
+	@test -n "$(DIR)" || { echo "error: DIR=<a search's sweep folder> is required" >&2; exit 2; }
+	$(PY) -m fmnist_lab.search dashboard $(DIR) --port $(PORT) --host $(HOST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fmnist_lab tests

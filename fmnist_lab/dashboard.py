@@ -108,7 +108,9 @@ def log_hparams(writer: SummaryWriter, result: Mapping[str, Any]) -> None:
                       for k, v in row.items()],
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in METRICS])
     start = plugin_data_pb2.SessionStartInfo(hparams={k: _value(v) for k, v in row.items()})
-    status = api_pb2.STATUS_SUCCESS if result["status"] == "completed" else api_pb2.STATUS_FAILURE
+    # A run an optuna search pruned stopped as designed: not a failure, not a success.
+    status = {"completed": api_pb2.STATUS_SUCCESS, "pruned": api_pb2.STATUS_UNKNOWN}.get(
+        result["status"], api_pb2.STATUS_FAILURE)
     file_writer = writer._get_file_writer()  # as Lightning's log_hyperparams does
     for tag, data in ((metadata.EXPERIMENT_TAG, {"experiment": experiment}),
                       (metadata.SESSION_START_INFO_TAG, {"session_start_info": start}),

@@ -19,7 +19,10 @@ from fmnist_lab.keys import identity
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npz"  # per-image predictions of a completed run (run.py)
 # A run in one of these states is never trained again; "failed" and "running" are retried.
-FINISHED = ("completed", "diverged")
+# "pruned": stopped by an optuna search's pruner (hparams_search=optuna), neither failed nor
+# trained to the end, so never reused as another run's twin (TRAINED).
+TRAINED = ("completed", "diverged")
+FINISHED = (*TRAINED, "pruned")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -100,7 +103,7 @@ def find_trained_twin(root: Path, key: str, besides: Path) -> tuple[Path, dict] 
     reuse of another run), other than the one in `besides`."""
     besides = Path(besides).resolve()
     for folder, result in find_results(root).items():
-        if (result.get("run_key") == key and result.get("status") in FINISHED
+        if (result.get("run_key") == key and result.get("status") in TRAINED
                 and not result.get("reused_from") and folder.resolve() != besides):
             return folder, result
     return None

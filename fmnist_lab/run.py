@@ -30,6 +30,7 @@ from fmnist_lab.dashboard import CURVES, EpochLogger, log_hparams
 from fmnist_lab.data import TaskDataModule
 from fmnist_lab.models import init_weights, model_name, num_params
 from fmnist_lab.module import Classifier
+from fmnist_lab.pruning import trial_pruning
 from fmnist_lab.results import (
     PREDICTIONS_FILE,
     find_trained_twin,
@@ -182,10 +183,12 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         log.info("resuming from %s", resume_from)
 
     history = History()
+    pruning = trial_pruning()  # in an optuna search: report every epoch, stop when pruned
     with _gpu_of_its_own(cfg) as device_args:
-        trainer = build_trainer(cfg, out_dir, [history], **device_args)
+        trainer = build_trainer(cfg, out_dir, [history, *filter(None, [pruning])], **device_args)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        completed = module.diverged_epoch is None
+        pruned_epoch = pruning.pruned_epoch if pruning else None
+        completed = module.diverged_epoch is None and pruned_epoch is None
         test: dict[str, float] = {}
         test_started = time.perf_counter()
         if completed:
@@ -205,6 +208,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "num_params": num_params(module.net),
         "num_classes": datamodule.num_classes,
         "diverged_epoch": module.diverged_epoch,
+        **({"pruned_epoch": pruned_epoch} if pruned_epoch else {}),
         "history": history.epochs,
         "test_loss": test.get("test/loss"),
         "test_acc": test.get("test/acc"),
@@ -221,8 +225,8 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "seconds": {**{k: round(v, 3) for k, v in spent.items()},
                     "other": round(total - sum(spent.values()), 3), "total": round(total, 3)},
     }
-    result = record("completed" if completed else "diverged", config, overrides, choices,
-                    **outcome)
+    status = "pruned" if pruned_epoch else "completed" if completed else "diverged"
+    result = record(status, config, overrides, choices, **outcome)
     log_hparams(trainer.logger.experiment, result)
     return write_results(out_dir, result)
 
@@ -262,7 +266,7 @@ def reuse(cfg: DictConfig, out_dir: Path, root: Path, overrides: list[str],
 
 def objective(result: dict[str, Any]) -> float:
     """A run's last validation accuracy: what optuna maximises; 0 for a run that did not
-    complete."""
+    complete (a pruned run's trial is told PRUNED instead)."""
     history = result.get("history") or [{}]
     value = history[-1].get("val_acc")
     return float(value) if result["status"] == "completed" and value is not None else 0.0

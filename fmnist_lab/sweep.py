@@ -22,6 +22,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -78,7 +79,11 @@ class NameRunsByWhatVaries(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not swept_keys_declared(config):
+        try:
+            swept = swept_keys_declared(config)
+        except OverrideParseException:
+            return  # a malformed sweep: the sweeper names it, in one line
+        if not swept:
             return  # one job: nothing varies, so its overrides name it (not a bare `0_`)
         excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
         excluded += [k for k in constant_keys(config) if k not in excluded]

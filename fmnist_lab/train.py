@@ -38,6 +38,9 @@ def _summary(result: dict, out_dir: Path) -> str:
     if result["status"] == "diverged":
         return (f"{result['model']}: diverged in epoch {result['diverged_epoch']} "
                 f"(non-finite loss) -> {out_dir}")
+    if result["status"] == "pruned":
+        return (f"{result['model']}: pruned by the search after epoch {result['pruned_epoch']}"
+                f" (validation accuracy {result['history'][-1]['val_acc']:.4f}) -> {out_dir}")
     speed = result["train_images_per_second"]
     return (f"{result['model']}: test accuracy {result['test_acc']:.4f}, test loss "
             f"{result['test_loss']:.4f} after {len(result['history'])} epochs "

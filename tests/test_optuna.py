@@ -1,74 +1,279 @@
-"""hparams_search=optuna over the new keys: a search that is started again continues its
-study (kept in the sweep folder) instead of starting from trial 0; the report reads it."""
+"""hparams_search=optuna on the project's own sweeper (hydra_plugins/fmnist_lab_sweepers/
+optuna.py): pruning inside the runs, a search started again continuing its study, two workers
+sharing one study, bad input, optuna-dashboard over HTTP, and reading a study without torch
+(fmnist_lab.search)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
-from fmnist_lab.report import write_report
-from tests.conftest import TINY, run_cli
-from tests.test_report import fake_result
-
-pytestmark = pytest.mark.slow  # every test here runs the command line
+from fmnist_lab.search import JOURNAL, STUDY_NAME, open_storage, trial_counts
+from tests.conftest import ROOT, TINY, run_cli
 
 optuna = pytest.importorskip("optuna")
-FAST = [*TINY, "model=three_fc", "data.train_size=300", "data.test_size=200"]
+
+# Two epochs on a few hundred images: a trial takes seconds.
+FAST = [*TINY, "model=three_fc", "data.train_size=300", "data.val_size=300",
+        "data.test_size=200", "trainer.max_epochs=2"]
+# Every run is pruned after its first epoch: no run reaches 99 % validation accuracy.
+PRUNE_ALL = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=0.99"]
 
 
-def trials(folder) -> list:
-    return optuna.load_study(study_name="fmnist_lab", storage=storage(folder)).get_trials()
+def search(folder: Path, *overrides: str) -> list[str]:
+    return ["hparams_search=optuna", *FAST, f"hydra.sweep.dir={folder}", *overrides]
 
 
-def storage(folder):
-    # optuna 2.x under SQLAlchemy 2 needs autocommit (see hydra_plugins/fmnist_lab_optuna).
-    return optuna.storages.RDBStorage(f"sqlite:///{folder}/optuna.db",
-                                      engine_kwargs={"isolation_level": "AUTOCOMMIT"})
+def study(folder: Path):
+    return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(folder / JOURNAL))
 
 
-def test_an_optuna_search_started_again_continues_its_study(tmp_path):
-    search = ["hparams_search=optuna", *FAST, f"hydra.sweep.dir={tmp_path}"]
-    first = run_cli("fmnist_lab.train", *search, "hydra.sweeper.n_trials=2")
+def run_folders(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and re.match(r"\d+_", p.name)),
+                  key=lambda p: int(p.name.split("_", 1)[0]))
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def counted(trials: list) -> list:
+    """The search's trials: attempts cut off and asked again left out."""
+    return [t for t in trials if not t.user_attrs.get("interrupted")]
+
+
+@pytest.mark.slow
+def test_pruned_runs_stop_at_once_and_a_resumed_search_keeps_them(tmp_path):
+    first = run_cli("fmnist_lab.train", *search(tmp_path, "hydra.sweeper.n_trials=2", *PRUNE_ALL))
     assert first.returncode == 0, first.stderr
-    before = trials(tmp_path)
-    assert len(before) == 2
-    # The search space covers the new keys.
+    assert "2 pruned" in first.stdout  # the sweep's summary: pruned, not failed
+    trials = study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [1] for t in trials)  # step = epoch
+    runs = run_folders(tmp_path)
+    assert [r.name.split("_")[0] for r in runs] == ["0", "1"]
+    for run, trial in zip(runs, trials, strict=True):
+        result = results(run)
+        assert result["status"] == "pruned" and result["pruned_epoch"] == 1
+        assert [e["epoch"] for e in result["history"]] == [1]  # stopped at once
+        assert result["test_acc"] is None
+        assert trial.user_attrs["run_dir"] == run.name
+        assert trial.intermediate_values[1] == pytest.approx(result["history"][0]["val_acc"])
+    written = {r: (r / "results.json").stat().st_mtime_ns for r in runs}
+    # The search's space covers the new keys.
     assert {"optimizer", "optimizer.lr", "optimizer.weight_decay", "scheduler",
-            "loss.label_smoothing", "model.dropout", "transforms"} <= before[0].params.keys()
+            "loss.label_smoothing", "model.dropout", "transforms"} <= trials[0].params.keys()
 
-    again = run_cli("fmnist_lab.train", *search, "hydra.sweeper.n_trials=3")
+    # Started again with 3 trials in all and no pruning: one trial more, the pruned two kept.
+    again = run_cli("fmnist_lab.train", *search(tmp_path, "hydra.sweeper.n_trials=3",
+                                                "hydra/sweeper/pruner=nop"))
     assert again.returncode == 0, again.stderr
-    after = trials(tmp_path)
-    assert len(after) == 3 and all(t.state.name == "COMPLETE" for t in after)
-    assert [t.params for t in after[:2]] == [t.params for t in before]
-    assert after[2].params not in [t.params for t in before]  # a new trial, not trial 0 again
-    folders = sorted(p.name.split("_", 1)[0] for p in tmp_path.iterdir() if p.is_dir())
-    assert folders == ["0", "1", "2"]  # job numbers go on after the study's trials
+    assert "with 2 finished trial(s); 1 to go" in again.stdout
+    after = study(tmp_path).trials
+    assert [t.state.name for t in after] == ["PRUNED", "PRUNED", "COMPLETE"]
+    assert [t.params for t in after[:2]] == [t.params for t in trials]
+    assert after[2].params not in [t.params for t in trials]  # a new draw, not trial 0's
+    assert {r: (r / "results.json").stat().st_mtime_ns for r in runs} == written  # not retrained
+    runs = run_folders(tmp_path)
+    assert [r.name.split("_")[0] for r in runs] == ["0", "1", "2"]
+    assert results(runs[2])["status"] == "completed"
+    assert after[2].value == pytest.approx(results(runs[2])["history"][-1]["val_acc"])
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_trial: 2" in best
 
-    report = write_report(tmp_path)
-    md = report.markdown.read_text()
-    assert "## optuna search" in md and "3 trials" in md
-    assert (tmp_path / "optuna_parallel_coordinates.png") in report.figures
+
+@pytest.mark.slow
+def test_a_killed_search_started_again_resumes_its_trial_and_reaches_n_trials(tmp_path):
+    """SIGKILL while trial 1 trains: started again, the trial left running is failed as
+    interrupted and its parameters asked again first; the retry runs in the same folder,
+    and the search has 3 trials in all."""
+    args = search(tmp_path, "hydra.sweeper.n_trials=3", "hydra/sweeper/pruner=nop",
+                  "trainer.max_epochs=3")
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        import sklearn  # noqa: F401  optuna's importance evaluator needs it
-    except ImportError:
-        assert "needs scikit-learn" in md
-    else:
-        assert "| parameter | importance |" in md
+        deadline = time.monotonic() + 300
+        while not any(p.name.startswith("1_") for p in tmp_path.glob("*_*")):
+            assert proc.poll() is None, "the search ended before trial 1 started"
+            assert time.monotonic() < deadline, "trial 1 never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cut = study(tmp_path).trials
+    assert [t.state.name for t in cut] == ["COMPLETE", "RUNNING"]
+
+    again = run_cli("fmnist_lab.train", *args)
+    assert again.returncode == 0, again.stderr
+    assert "trial 1 was left running by process" in again.stdout
+    trials = study(tmp_path).trials
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["interrupted"]
+    retry = trials[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.params == trials[1].params
+    assert retry.user_attrs["run_dir"].startswith("1_")  # the interrupted trial's folder
+    kept = counted(trials)
+    assert len(kept) == 3 and all(t.state.name == "COMPLETE" for t in kept)
+    assert [r.name.split("_")[0] for r in run_folders(tmp_path)] == ["0", "1", "3"]
+    assert all(results(r)["status"] == "completed" for r in run_folders(tmp_path))
+    assert trial_counts(study(tmp_path)) == {"complete": 3, "pruned": 0, "fail": 0,
+                                             "running": 0, "waiting": 0, "interrupted": 1}
 
 
-def test_the_report_reads_an_optuna_study_without_torch(tmp_path):
-    study = optuna.create_study(study_name="fmnist_lab", direction="maximize",
-                                storage=storage(tmp_path))
-    study.optimize(lambda t: t.suggest_float("optimizer.lr", 1e-4, 1, log=True), n_trials=3)
-    run = tmp_path / "0_x"
-    run.mkdir()
-    (run / "results.json").write_text(json.dumps(fake_result("optuna", {"optimizer.lr": 0.1})))
-    code = ("import sys; from pathlib import Path; from fmnist_lab.report import write_report; "
-            f"write_report(Path({str(tmp_path)!r})); assert 'torch' not in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path):
+    """Two shells started together on the same hydra.sweep.dir: n_trials in all, each trial
+    run once, in its own folder, by one of the two."""
+    args = search(tmp_path, "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=nop",
+                  "num_threads=1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert "database is locked" not in err and "Traceback" not in err
+    trials = study(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.user_attrs["pid"] for t in trials} == {p.pid for p in procs}  # both worked
+    runs = run_folders(tmp_path)
+    assert [r.name.split("_")[0] for r in runs] == ["0", "1", "2", "3"]
+    assert sorted(t.user_attrs["run_dir"] for t in trials) == [r.name for r in runs]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
+
+
+@pytest.mark.slow
+def test_joblib_runs_a_batch_of_trials_side_by_side(tmp_path):
+    proc = run_cli("fmnist_lab.train", *search(
+        tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "hydra/sweeper/pruner=nop"))
     assert proc.returncode == 0, proc.stderr
-    assert "## optuna search" in (tmp_path / "report.md").read_text()
+    trials = study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert [r.name.split("_")[0] for r in run_folders(tmp_path)] == ["0", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner"],
+     "hydra.sweeper.pruner._target_"),
+    (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"],
+     "hydra.sweeper.sampler._target_"),
+    (["hydra.sweeper.pruner._target_=optuna.pruners.NopPruner"], "hydra.sweeper.pruner"),
+    (["hydra/sweeper/pruner=threshold"], "hydra.sweeper.pruner"),  # neither lower nor upper
+    (["hydra.sweeper.params=null"], "hydra.sweeper.params"),
+    (["hydra.sweeper.params.init='choice(default'"], "hydra.sweeper.params.init"),
+    (["hydra.sweeper.params.scheduler='interval(1, 0)'"], "hydra.sweeper.params.scheduler"),
+    (["+hydra.sweeper.params.lr='tag(log, interval(0, 1))'"], "hydra.sweeper.params.lr"),
+    (["+hydra.sweeper.params.optimizer_lr='interval(0.1, 1)'"], "hydra.sweeper.params"),
+    (["~hydra.sweeper.params", "+hydra.sweeper.params={init: xavier_uniform}"],
+     "hydra.sweeper.params"),  # nothing to search
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials"),
+    (["+hydra.sweeper.n_trial=3"], "hydra.sweeper.n_trial"),
+])
+def test_bad_input_is_one_line_naming_the_key_before_any_trial(tmp_path, overrides, key):
+    folder = tmp_path / "search"
+    proc = run_cli("fmnist_lab.train", *search(folder, *overrides))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), proc.stderr
+    assert not folder.exists()  # no sweep folder, no run folder, no study
+
+
+@pytest.mark.slow
+def test_a_storage_that_cannot_be_written_is_one_line_before_any_trial(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    folder = tmp_path / "search"
+    proc = run_cli("fmnist_lab.train", *search(
+        folder, f"hydra.sweeper.storage={blocker}/sub/optuna.journal"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: hydra.sweeper.storage: "), proc.stderr
+    assert not folder.exists() and not (blocker.parent / "sub").exists()
+
+
+def small_study(folder: Path) -> None:
+    """A finished search's study without training: 4 trials, 3 complete and 1 pruned."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = optuna.create_study(study_name=STUDY_NAME, direction="maximize",
+                               storage=open_storage(folder / JOURNAL),
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(4):
+        trial = made.ask()
+        lr = trial.suggest_float("optimizer.lr", 1e-4, 1, log=True)
+        trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+        trial.report(0.5 + 0.1 * i, 1)
+        if i == 3:
+            made.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            made.tell(trial, 0.8 + 0.01 * i + 0.001 * lr)
+
+
+def test_a_study_is_read_without_torch(tmp_path):
+    small_study(tmp_path)
+    code = ("import sys; from fmnist_lab import search as s; "
+            "st = s.load_studies(s.journal_of(sys.argv[1]))[0]; "
+            "print(s.trial_counts(st)); print(sorted(s.param_importances(st))); "
+            "print([(r['state'], r['value'], r['last_epoch']) for r in s.trial_table(st)]); "
+            "assert 'torch' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "'complete': 3, 'pruned': 1, 'fail': 0" in proc.stdout
+    assert "['optimizer', 'optimizer.lr']" in proc.stdout
+    assert "('complete', 0.8" in proc.stdout and "('pruned', 0.8, 1)]" in proc.stdout
+
+
+def test_the_dashboard_serves_a_search_over_http(tmp_path):
+    small_study(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.search", "dashboard",
+                             str(tmp_path), "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        address = re.search(r"http://localhost:(\d+)/", line)
+        assert address, (line, proc.stderr.read() if proc.poll() is not None else "")
+        base = f"http://127.0.0.1:{address.group(1)}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        assert [s["study_name"] for s in studies] == [STUDY_NAME]
+        with urllib.request.urlopen(f"{base}/api/studies/{studies[0]['study_id']}",
+                                    timeout=10) as response:
+            detail = json.load(response)
+        assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3 + ["Pruned"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_dashboard_names_a_folder_without_a_search(tmp_path):
+    proc = run_cli("fmnist_lab.search", "dashboard", str(tmp_path))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("error: ") and "optuna.journal" in proc.stderr
+
+
+def test_make_dashboard_runs_the_dashboard_on_the_folder():
+    proc = subprocess.run(["make", "-n", "dashboard", "DIR=outputs/multirun/optuna/x",
+                           "PORT=8090"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"-m fmnist_lab.search dashboard outputs/multirun/optuna/x --port 8090",
+                     proc.stdout)

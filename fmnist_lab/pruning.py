@@ -1,0 +1,68 @@
+"""Pruning inside a run of hparams_search=optuna: after every epoch the run reports its
+validation accuracy to its trial, and stops at once when the search's pruner says so.
+
+The sweeper (hydra_plugins/fmnist_lab_sweepers/optuna.py) puts the trial's number in the job's
+environment (fmnist_lab.search.TRIAL_ENV, through hydra.job.env_set, so it is in no run key or
+folder name); the storage, study and pruner are the job's own hydra.sweeper settings. Outside
+a search there is no callback and nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pytorch_lightning as pl
+
+from fmnist_lab.search import TRIAL_ENV, open_storage
+
+log = logging.getLogger("fmnist_lab")
+
+
+class TrialPruning(pl.Callback):
+    """Reports `val/acc` as the trial's intermediate value at step = epoch (1, 2, ...) and
+    stops training where the pruner prunes the trial: `pruned_epoch` says where."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+        self.pruned_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/acc")
+        if self.trial is None or value is None:
+            return
+        epoch = trainer.current_epoch + 1
+        try:
+            self.trial.report(float(value), epoch)
+            prune = self.trial.should_prune()
+        except Exception as e:  # the study went away: train on, unpruned
+            log.warning("optuna trial %d: cannot report epoch %d (%s); no more pruning",
+                        self.trial.number, epoch, e)
+            self.trial = None
+            return
+        if prune:
+            log.info("optuna: trial %d pruned after epoch %d", self.trial.number, epoch)
+            self.pruned_epoch = epoch
+            trainer.should_stop = True
+
+
+def trial_pruning() -> TrialPruning | None:
+    """The callback of this job's trial, when it runs in an optuna search; else None."""
+    number = os.environ.get(TRIAL_ENV)
+    if not number:
+        return None
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    if not HydraConfig.initialized():
+        return None
+    sweeper = HydraConfig.get().sweeper
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
+    storage = open_storage(sweeper.storage)
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(sweeper.study_name), int(number))
+    return TrialPruning(optuna.trial.Trial(study, trial_id))
