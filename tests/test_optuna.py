@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from fmnist_lab.report import write_report
 from fmnist_lab.search import JOURNAL, STUDY_NAME, open_storage, trial_counts
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import PNG_SIGNATURE, ROOT, TINY, run_cli
+from tests.test_report import fake_result
 
 optuna = pytest.importorskip("optuna")
 
@@ -234,6 +236,22 @@ def test_a_study_is_read_without_torch(tmp_path):
     assert "'complete': 3, 'pruned': 1, 'fail': 0" in proc.stdout
     assert "['optimizer', 'optimizer.lr']" in proc.stdout
     assert "('complete', 0.8" in proc.stdout and "('pruned', 0.8, 1)]" in proc.stdout
+
+
+def test_the_report_counts_pruned_trials_and_draws_them(tmp_path):
+    small_study(tmp_path / "search")
+    (tmp_path / "search" / "0_run").mkdir()
+    (tmp_path / "search" / "0_run" / "results.json").write_text(json.dumps(fake_result(
+        "optuna", {"optimizer.lr": 0.01}, 0)))
+    report = write_report(tmp_path)
+    md = report.markdown.read_text()
+    section = md.split("## optuna search: `fmnist_lab` (search/optuna.journal)", 1)[1]
+    assert "4 trials: 3 complete, 1 pruned. Pruned trials stopped early and are never" in section
+    assert "Best last-epoch validation accuracy 82.00 % in trial 2" in section
+    assert "| `optimizer.lr` |" in section and "fANOVA" in section
+    for name in ("search_optuna_parallel_coordinates.png", "search_optuna_epochs.png"):
+        assert tmp_path / name in report.figures
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_the_dashboard_serves_a_search_over_http(tmp_path):

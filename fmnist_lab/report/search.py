@@ -1,4 +1,6 @@
-"""hparams_search=optuna: the search's trials, optuna's parameter importances, a figure."""
+"""hparams_search=optuna: a search's trials by state, its best trial, optuna's parameter
+importances, and two figures: the trials in parallel coordinates, and validation accuracy
+against epoch, where a pruned trial's line stops at the epoch its pruner stopped it."""
 
 from __future__ import annotations
 
@@ -10,60 +12,73 @@ import numpy as np
 from fmnist_lab.report.figures import file_name, pyplot
 from fmnist_lab.report.runs import format_value, relative
 from fmnist_lab.report.tables import markdown_table
+from fmnist_lab.search import (
+    find_journals,
+    load_studies,
+    param_importances,
+    search_trials,
+    trial_counts,
+    trial_table,
+)
 
-OPTUNA_DB = "optuna.db"  # where hparams_search=optuna keeps its study (the sweep folder)
+PRUNED_COLOUR = "0.55"
 
 
 def optuna_sections(root: Path) -> tuple[list[str], list[Path]]:
-    """For every optuna study below `root`: its trials, optuna's own parameter importances
-    (mean decrease in impurity) and a parallel-coordinates figure. optuna is imported only
-    here, where a search left its study: it is an optional extra (and imports no torch)."""
-    databases = sorted(root.rglob(OPTUNA_DB))
-    if not databases:
-        return [], []
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """For every search's journal below `root`: a section and its figures. optuna is imported
+    only where a search left its journal (it imports no torch either)."""
     md: list[str] = []
     figures: list[Path] = []
-    for db in databases:
-        # As the search opened it (hydra_plugins/fmnist_lab_optuna): optuna 2.x under
-        # SQLAlchemy 2 needs autocommit.
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}",
-                                             engine_kwargs={"isolation_level": "AUTOCOMMIT"})
-        prefix = "" if db.parent == root else file_name(relative(db.parent, root)) + "_"
-        for summary in optuna.get_all_study_summaries(storage):
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            done = [t for t in study.trials if t.state.name == "COMPLETE"]
-            md += [f"## optuna search: `{study.study_name}` ({relative(db, root)})", "",
-                   f"{len(study.trials)} trials, {len(done)} completed."]
+    for journal in find_journals(root):
+        prefix = "" if journal.parent == root else file_name(relative(journal.parent, root)) + "_"
+        for study in load_studies(journal):
+            counts = trial_counts(study)
+            listed = ", ".join(f"{n} {state}" for state, n in counts.items()
+                               if n and state != "interrupted")
+            md += [f"## optuna search: `{study.study_name}` ({relative(journal, root)})", "",
+                   f"{sum(v for k, v in counts.items() if k != 'interrupted')} trials: "
+                   f"{listed or 'none'}" + (f"; {counts['interrupted']} interrupted attempt(s) "
+                                            "asked again" if counts["interrupted"] else "")
+                   + ". Pruned trials stopped early and are never the best."]
+            rows = trial_table(study)
+            done = [r for r in rows if r["state"] == "complete"]
             if not done:
                 md += [""]
                 continue
             best = study.best_trial
             params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
             md += [f"Best last-epoch validation accuracy {best.value * 100:.2f} % in trial "
-                   f"{best.number}: {params}.", "", *_importance_lines(study), ""]
-            path = root / f"{prefix}optuna_parallel_coordinates.png"
-            plot_parallel_coordinates(done, path)
-            figures.append(path)
-            md += [f"![optuna: trials in parallel coordinates]({path.name})", ""]
+                   f"{best.number} (run `{best.user_attrs.get('run_dir', '?')}`): {params}.", "",
+                   *_importance_lines(study), ""]
+            drawn = [r for r in rows if r["value"] is not None]
+            for path, plot, alt in (
+                    (root / f"{prefix}optuna_parallel_coordinates.png", plot_parallel_coordinates,
+                     "optuna: trials in parallel coordinates"),
+                    (root / f"{prefix}optuna_epochs.png", plot_epochs,
+                     "optuna: validation accuracy against epoch, pruned trials stopping early")):
+                plot(drawn if plot is plot_parallel_coordinates else search_trials(study), path)
+                figures.append(path)
+                md += [f"![{alt}]({path.name})", ""]
     return md, figures
 
 
-def plot_parallel_coordinates(trials: list[Any], path: Path) -> Path:
-    """One line per completed trial through its parameters, coloured by its objective.
-    (optuna 2.x's own plot_parallel_coordinate fails with current matplotlib.) Numbers on a
-    log axis where optuna sampled them so, choices spread evenly in the order seen."""
+def plot_parallel_coordinates(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One line per trial through its parameters: completed ones coloured by their objective,
+    pruned ones grey and dashed (at their last reported accuracy). Numbers on a log axis
+    where they span more than two decades, choices spread evenly in the order seen."""
     plt = pyplot()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
 
-    names = sorted({k for t in trials for k in t.params})
+    names = sorted({k for r in rows for k in r["params"]})
     columns, ticks = [], []
     for name in names:
-        values = [t.params.get(name) for t in trials]
+        values = [r["params"].get(name) for r in rows]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            log = getattr(trials[0].distributions.get(name), "log", False)
-            x = np.log10(values) if log else np.asarray(values, dtype=float)
+            x = np.asarray(values, dtype=float)
+            if x.min() > 0 and x.max() / x.min() > 100:
+                x = np.log10(x)
             span = x.max() - x.min() or 1.0
             columns.append((x - x.min()) / span)
             ticks.append(f"{name}\n{format_value(min(values))} … {format_value(max(values))}")
@@ -71,39 +86,76 @@ def plot_parallel_coordinates(trials: list[Any], path: Path) -> Path:
             order = list(dict.fromkeys(map(str, values)))
             columns.append(np.array([order.index(str(v)) for v in values]) / max(1, len(order) - 1))
             ticks.append(f"{name}\n{' / '.join(order)}")
-    objective = np.array([t.value for t in trials]) * 100
+    objective = np.array([r["value"] for r in rows]) * 100
+    complete = np.array([r["state"] == "complete" for r in rows])
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(names)), 5), layout="constrained")
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    norm = Normalize(objective.min(), objective.max())
+    shown = objective[complete] if complete.any() else objective
+    norm = Normalize(shown.min(), shown.max())
     cmap = plt.get_cmap("viridis")
     for i in np.argsort(objective):  # the best drawn last, on top
-        ax.plot(range(len(names)), [c[i] for c in columns], color=cmap(norm(objective[i])),
-                marker="o", alpha=0.8)
+        line = [c[i] for c in columns]
+        if complete[i]:
+            ax.plot(range(len(names)), line, color=cmap(norm(objective[i])), marker="o",
+                    alpha=0.85)
+        else:
+            ax.plot(range(len(names)), line, color=PRUNED_COLOUR, linestyle="--", marker=".",
+                    alpha=0.6)
     ax.set_xticks(range(len(names)), ticks, fontsize=8)
     ax.set_yticks([0, 1], ["low", "high"])
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax,
                  label="last-epoch validation accuracy (%)")
-    ax.set_title(f"optuna: {len(trials)} completed trials")
+    pruned = int((~complete).sum())
+    if pruned:
+        ax.legend([Line2D([], [], color=PRUNED_COLOUR, linestyle="--")],
+                  [f"pruned ({pruned})"], loc="lower right", fontsize=8)
+    ax.set_title(f"optuna: {int(complete.sum())} completed and {pruned} pruned trials")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_epochs(trials: list[Any], path: Path) -> Path:
+    """Each trial's validation accuracy as it reported it, epoch by epoch: completed trials
+    coloured by their final value, pruned ones grey, ending where they were stopped."""
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    finals = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    low, high = (min(finals), max(finals)) if finals else (0.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        if not steps:
+            continue
+        values = [t.intermediate_values[s] * 100 for s in steps]
+        if t.state.name == "COMPLETE":
+            shade = (t.value - low) / (high - low) if high > low else 1.0
+            ax.plot(steps, values, color=cmap(shade), alpha=0.9)
+        else:
+            ax.plot(steps, values, color=PRUNED_COLOUR, linestyle="--", alpha=0.7)
+            ax.plot(steps[-1:], values[-1:], color=PRUNED_COLOUR, marker="x")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend([Line2D([], [], color=cmap(1.0)), Line2D([], [], color=PRUNED_COLOUR,
+                                                        linestyle="--", marker="x")],
+              ["completed (colour: final accuracy)", "pruned (x: where it stopped)"],
+              loc="lower right", fontsize=8)
+    ax.set_title("optuna: validation accuracy by epoch, as each trial reported it")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
 def _importance_lines(study: Any) -> list[str]:
-    import optuna
-
-    # Mean decrease in impurity of a random forest: optuna 2.x's default, fANOVA, breaks
-    # on numpy 2 (ragged arrays).
-    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
     try:
-        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        importances = param_importances(study)
     except ImportError:
         return ["Parameter importances: optuna's evaluator needs scikit-learn "
                 "(`pip install scikit-learn`)."]
     except (RuntimeError, ValueError) as e:  # too few trials, a single value
         return [f"Parameter importances: not computable yet ({e})."]
     rows = [[f"`{name}`", f"{value:.3f}"] for name, value in importances.items()]
-    return ["Parameter importances (optuna's mean-decrease-in-impurity evaluator, summing "
-            "to 1):", "", markdown_table(["parameter", "importance"], rows)]
+    return ["Parameter importances (optuna's fANOVA over the completed trials, seed 0, "
+            "summing to 1):", "", markdown_table(["parameter", "importance"], rows)]

@@ -36,8 +36,8 @@ def status_cell(row: Row) -> str:
     parts = []
     for status, count in counts.items():
         text = status if len(row.runs) == 1 else f"{count} {status}"
-        if status in ("diverged", "collapsed"):
-            epochs = sorted({r.result.get("diverged_epoch") if status == "diverged"
+        if status in ("diverged", "collapsed", "pruned"):
+            epochs = sorted({r.result.get(f"{status}_epoch") if status != "collapsed"
                              else r.collapsed_epoch for r in row.runs if r.status == status}
                             - {None})
             if epochs:
