@@ -15,8 +15,6 @@ import torchvision
 
 from fmnist_lab.compare import (
     CompareError,
-    correlation_stats,
-    linear_cka,
     load_network,
     load_study_net,
     recognise_model,
@@ -24,6 +22,7 @@ from fmnist_lab.compare import (
 )
 from fmnist_lab.models import build_model, model_names
 from fmnist_lab.schema import ConfigError
+from fmnist_lab.similarity import correlation_stats, linear_cka
 from tests.conftest import compose_config, run_cli
 
 TINY_COMPARE = [

@@ -1,8 +1,7 @@
 """`hydra/sweeper=optuna` (`hparams_search=optuna`): a search on optuna >= 4's ask-and-tell API.
 
-(Here, not in fmnist_lab/, because Hydra takes plugins only from the hydra_plugins package;
-Hydra imports every plugin module at every start-up, so optuna and the project's modules are
-imported only inside the methods.)
+(Hydra takes plugins only from hydra_plugins and imports them at every start-up: optuna and
+the project's modules are imported inside the methods.)
 
 The surface is hydra-optuna-sweeper's: `n_trials`, `n_jobs`, `direction`, `study_name`,
 `storage`, `sampler` and `pruner` as `_target_`s, and `params` in Hydra's sweep syntax
@@ -30,9 +29,8 @@ The surface is hydra-optuna-sweeper's: `n_trials`, `n_jobs`, `direction`, `study
   A run that stopped so says `status: pruned` in its results.json and is told PRUNED; a run
   that completed or diverged is told COMPLETE with its objective (0 for diverged); anything
   else FAIL.
-- The sampler is seeded as configured in a fresh study; a process that joins a study with
-  trials draws from seed + number of trials, so a resumed search or a second worker does not
-  propose the first worker's start-up trials again.
+- The sampler is seeded as configured; a process joining a study with trials draws from
+  seed + number of trials, so it does not propose the first worker's start-up trials again.
 
 Bad input (unknown key, n_trials < 1, an unknown or misconfigured sampler or pruner, an empty
 or malformed search space, a storage that cannot be written) exits with one line naming the
@@ -53,6 +51,8 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.fmnist_lab_sweepers.space import corner_values, distribution, quote, suggest
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from optuna.trial import TrialState
 
+        from fmnist_lab.search import is_interrupted
+
         study = self.study
         # Hydra's record of the sweep, as its basic sweeper keeps it: the report reads the
         # swept keys from it.
@@ -278,7 +280,8 @@ class OptunaSweeper(Sweeper):
             with self._worker_lock():
                 self._recover_abandoned(study)
                 trials = study.get_trials(deepcopy=False)
-                taken = [t for t in trials if not _interrupted(t) and t.state != TrialState.WAITING]
+                taken = [t for t in trials if not is_interrupted(t)
+                         and t.state != TrialState.WAITING]
                 n = min(self.n_jobs, self.n_trials - len(taken))
                 if first:
                     self._announce(study, trials, taken)
@@ -458,92 +461,13 @@ class OptunaSweeper(Sweeper):
             "job": trial.user_attrs.get("job", trial.number), "retry_of": trial.number})
 
 
-def _interrupted(trial: Any) -> bool:
-    from fmnist_lab.search import is_interrupted
-
-    return is_interrupted(trial)
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def distribution(override: Any) -> Any:
-    """The optuna distribution of a sweep override; ValueError saying what is wrong."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    sweep = override.value()
-    log_scale = "log" in (getattr(sweep, "tags", None) or set())
-    try:
-        if isinstance(sweep, IntervalSweep):
-            low, high = sweep.start, sweep.end
-            if not low < high:
-                raise ValueError(f"interval({low}, {high}) is empty: the lower bound first")
-            if log_scale and low <= 0:
-                raise ValueError(f"tag(log, interval({low}, {high})) needs a lower bound > 0")
-            if isinstance(low, int) and isinstance(high, int):
-                return IntDistribution(low, high, log=log_scale)
-            return FloatDistribution(float(low), float(high), log=log_scale)
-        if log_scale:
-            raise ValueError("tag(log, ...) goes with interval(...) only")
-        if isinstance(sweep, RangeSweep) and not sweep.shuffle:
-            values = list(override.sweep_iterator())
-            if not values:
-                raise ValueError(f"range({sweep.start}, {sweep.stop}, {sweep.step}) is empty")
-            if len(values) == 1:
-                raise ValueError(f"range({sweep.start}, {sweep.stop}, {sweep.step}) has one "
-                                 "value: give it as a plain value")
-            if all(isinstance(v, int) for v in values):
-                step = sweep.step if sweep.step > 0 else -sweep.step
-                return IntDistribution(min(values), max(values), step=step)
-            return FloatDistribution(min(values), max(values), step=abs(float(sweep.step)))
-        if isinstance(sweep, ChoiceSweep | RangeSweep):
-            values = list(override.sweep_iterator())
-            if any(not isinstance(v, str | int | float | bool | type(None)) for v in values):
-                raise ValueError("choice(...) takes plain values (strings, numbers, booleans)")
-            if len(set(map(repr, values))) < 2:
-                raise ValueError("choice(...) needs two or more different values")
-            return CategoricalDistribution(values)
-    except ValueError:
-        raise
-    except Exception as e:  # optuna's own checks of a distribution
-        raise ValueError(str(e).splitlines()[0]) from e
-    raise ValueError(f"{type(sweep).__name__} is not a search dimension: choice, interval, "
-                     "range")
 
 
 def nop_pruner() -> Any:
     import optuna
 
     return optuna.pruners.NopPruner()
-
-
-def corner_values(dist: Any) -> list[Any]:
-    """Every choice, or both ends of a numeric distribution."""
-    from optuna.distributions import CategoricalDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    return [dist.low, dist.high]
-
-
-def suggest(trial: Any, name: str, dist: Any) -> Any:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-
-
-def quote(text: str) -> str:
-    """`text` as one quoted value of a Hydra override."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def one_line(e: Any) -> str:
