@@ -106,7 +106,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
     what an interrupted run resumes from. (With save_top_k=0 Lightning writes last.ckpt
     only when fit ends, too late to resume; save_top_k=1 without a monitor keeps just the
     newest epoch file beside it.)"""
-    logger = EpochLogger(save_dir=str(out_dir), name="tensorboard", version="",
+    # The event files sit in the run folder itself: TensorBoard lists a run by its folder's
+    # path, so the run's name is the whole name (not ".../tensorboard").
+    logger = EpochLogger(save_dir=str(out_dir), name="", version="",
                          default_hp_metric=False)
     logger.experiment.add_custom_scalars(CURVES)  # first, so a run in progress has it too
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,

@@ -69,7 +69,7 @@ def test_run_learns_something(tiny_run):
 
 def test_run_writes_tensorboard_events_and_a_checkpoint(tiny_run):
     out, _ = tiny_run
-    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = list(out.glob("events.out.tfevents.*"))  # in the run folder: TensorBoard's name
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
