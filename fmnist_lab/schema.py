@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,17 @@ BOOLEAN: Rule = (lambda v, c: isinstance(v, bool), "true or false")
 
 def fraction(v: Any) -> bool:
     return is_number(v) and 0 <= v < 1
+
+
+def probability(v: Any) -> bool:
+    return is_number(v) and 0 <= v <= 1
+
+
+def pair_within(v: Any, low: float, high: float) -> bool:
+    """[a, b] with low < a <= b <= high."""
+    pair = list(v) if isinstance(v, (list, tuple, ListConfig)) else []
+    return (len(pair) == 2 and all(is_number(x) for x in pair)
+            and low < pair[0] <= pair[1] <= high)
 
 
 def optional_int_at_least(low: int) -> Rule:
@@ -131,6 +143,31 @@ RULES: dict[str, Rule] = {
             isinstance(v, ListConfig) and len(v) > 0 and all(isinstance(p, str) for p in v)),
         "null, a folder, or a list of folders",
     ),
+    # The transforms presets' dials (conf/transforms/, fmnist_lab/transforms.py): a key is
+    # checked wherever a preset has it, including the values a preset would quietly ignore.
+    "transforms.p": (lambda v, c: v is None or probability(v), "a probability in [0, 1]"),
+    "transforms.flip": (lambda v, c: v is None or probability(v), "a probability in [0, 1]"),
+    "transforms.erase": (lambda v, c: v is None or probability(v), "a probability in [0, 1]"),
+    "transforms.brightness": (lambda v, c: v is None or (is_number(v) and v >= 0),
+                              "a strength >= 0 (0: none)"),
+    "transforms.contrast": (lambda v, c: v is None or (is_number(v) and v >= 0),
+                            "a strength >= 0 (0: none)"),
+    "transforms.jitter": (lambda v, c: v is None or (is_number(v) and v >= 0),
+                          "a brightness and contrast strength >= 0 (0: none)"),
+    "transforms.degrees": (lambda v, c: v is None or (is_number(v) and 0 <= v <= 180),
+                           "an angle in degrees from 0 to 180"),
+    "transforms.interpolation": (lambda v, c: v is None or v in ("nearest", "bilinear"),
+                                 "nearest or bilinear"),
+    "transforms.pad": (lambda v, c: v is None or (is_int(v) and 0 <= v <= 14),
+                       "a shift in whole pixels from 0 to 14"),
+    "transforms.translate": (lambda v, c: v is None or (is_int(v) and 0 <= v <= 14),
+                             "a shift in whole pixels from 0 to 14 (0: none)"),
+    "transforms.scale": (lambda v, c: v is None or pair_within(v, 0, 1),
+                         "[low, high]: a share of the image's area, 0 < low <= high <= 1"),
+    "transforms.ratio": (lambda v, c: v is None or pair_within(v, 0, math.inf),
+                         "[low, high]: aspect ratios, 0 < low <= high"),
+    "transforms.value": (lambda v, c: v is None or (is_number(v) and 0 <= v <= 1),
+                         "a grey level in [0, 1] (0: black)"),
     "num_threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
     # Regularisation and schedules. resnet18 has neither model key: unset is fine.
     "loss.label_smoothing": (lambda v, c: fraction(v), "a number in [0, 1)"),
@@ -169,19 +206,29 @@ def _check_trainer_keys(cfg: DictConfig) -> None:
 
 def check_keys(cfg: DictConfig) -> None:
     """Raise ConfigError for a key that would become an unknown keyword argument, and so
-    fail late with a TypeError: a key of `data` without a rule, of `optimizer` that its
-    optimizer class does not take (`+optimizer.betas=[0.9,0.99]` is fine for adam), or of
-    `trainer` that Lightning's Trainer does not take."""
+    fail late with a TypeError: a key of `data` without a rule, of `optimizer` or
+    `transforms` that its class does not take (`+optimizer.betas=[0.9,0.99]` is fine for
+    adam), or of `trainer` that Lightning's Trainer does not take."""
     data_keys = [k.split(".", 1)[1] for k in RULES if k.startswith("data.")]
     optimizer = get_class(cfg.optimizer._target_)
-    optimizer_keys = [p for p in inspect.signature(optimizer).parameters if p != "params"]
+    optimizer_keys = _keywords(optimizer, "params")
+    augment = get_class(cfg.transforms._target_)
+    augment_keys = _keywords(augment)
     for section, allowed, owner in (("data", data_keys, "data"),
-                                    ("optimizer", optimizer_keys, optimizer.__name__)):
+                                    ("optimizer", optimizer_keys, optimizer.__name__),
+                                    ("transforms", augment_keys, augment.__name__)):
         for key, value in cfg[section].items():
             if key not in allowed and key not in ("_target_", "_partial_"):
-                raise ConfigError(f"{section}.{key}", value,
-                                  f"no such key; {owner} takes {', '.join(allowed)}")
+                takes = f"takes {', '.join(allowed)}" if allowed else "takes no keys"
+                raise ConfigError(f"{section}.{key}", value, f"no such key; {owner} {takes}")
     _check_trainer_keys(cfg)
+
+
+def _keywords(cls: type, *besides: str) -> list[str]:
+    """The keyword arguments `cls(...)` names (not *args, **kwargs), `besides` aside."""
+    return [name for name, p in inspect.signature(cls).parameters.items()
+            if name not in ("self", *besides)
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
