@@ -57,12 +57,12 @@ from fmnist_lab.models import init_weights, model_config, model_names, num_param
 from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
 from fmnist_lab.run import History, build_datamodule, build_module, build_trainer, machine
-from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_number
+from fmnist_lab.schema import BENCH_METHODS, ConfigError
 from fmnist_lab.tasks import DataError
 
 log = logging.getLogger("fmnist_lab")
 
-METHODS = ("lightning", "bare", "raw", "seed")
+
 RESULTS_FILE = "bench.json"
 # The targets on the CPU: the MLP at least 10x the seed-style pipeline, and every network
 # at least 0.9x the raw loop (framework overhead under 10%).
@@ -268,25 +268,6 @@ def time_seed(cfg: DictConfig, window: Window, device: torch.device) -> None:
 # ---------------------------------------------------------------------------- the bench
 
 
-BENCH_RULES: dict[str, Rule] = {
-    "bench.warmup": int_at_least(1),
-    "bench.steps": int_at_least(1),
-    "bench.repeats": int_at_least(1),
-    "bench.seed_workers": int_at_least(0),
-    "bench.max_seconds": (lambda v, c: is_number(v) and v > 0, "a number > 0"),
-    "bench.methods": (
-        lambda v, c: OmegaConf.is_list(v) and len(v) > 0 and all(m in METHODS for m in v),
-        f"a non-empty list of {', '.join(METHODS)}",
-    ),
-}
-
-
-def check_bench(cfg: DictConfig) -> None:
-    """ConfigError for a bad training value (the pipelines train) or bench.* value."""
-    check_config(cfg)
-    check_rules(cfg, BENCH_RULES)
-
-
 def bench_models(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """bench.models, else the network named with `model=`, else the four study networks."""
     available = model_names()
@@ -352,7 +333,7 @@ def run_bench(cfg: DictConfig, models: list[str], out_dir: Path) -> dict[str, An
     }
     for name in models:
         run_cfg = with_model(cfg, name)
-        methods = [m for m in METHODS if m in b.methods]
+        methods = [m for m in BENCH_METHODS if m in b.methods]
         rates: dict[str, list[float]] = {m: [] for m in methods}
         # Rounds of one window per method, so each round's ratios compare windows taken
         # seconds apart: on a shared machine the speed drifts more over a minute than
@@ -371,7 +352,7 @@ def run_bench(cfg: DictConfig, models: list[str], out_dir: Path) -> dict[str, An
                     time_seed(run_cfg, window, device)
                 rates[method].append(window.rate)
         row: dict[str, Any] = {"model": name, "num_params": num_params(instantiate(run_cfg.model))}
-        for method in METHODS:
+        for method in BENCH_METHODS:
             row[method] = statistics.median(rates[method]) if method in rates else None
             if method in rates:
                 log.info("%s %s: %.0f images/s", name, method, row[method])
@@ -432,7 +413,6 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        check_bench(cfg)
         report = run_bench(cfg, bench_models(cfg, list(hydra_cfg.overrides.task)), out_dir)
     except (ConfigError, DataError, MisconfigurationException) as e:
         sys.exit(f"error: {e}")

@@ -39,9 +39,9 @@ from fmnist_lab.models import StudyNet, build_model, model_config, model_name, m
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
 from fmnist_lab.runs import checkpoint_to_resume
-from fmnist_lab.schema import ConfigError, Rule, check_config, check_rules, int_at_least, is_int
+from fmnist_lab.schema import ConfigError
 from fmnist_lab.similarity import correlation_stats, linear_cka
-from fmnist_lab.tasks import FASHION_COUNTS, DataError, load_source
+from fmnist_lab.tasks import DataError, load_source
 from fmnist_lab.transforms import normalize, to_unit_float
 
 matplotlib.use("Agg")  # files only: runs on machines without a display
@@ -354,36 +354,6 @@ def markdown(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the command
 
 
-COMPARE_RULES: dict[str, Rule] = {
-    "compare.num_images": (  # correlations need a few images
-        lambda v, c: is_int(v) and 3 <= v <= FASHION_COUNTS["test"],
-        f"an integer from 3 to {FASHION_COUNTS['test']}",
-    ),
-    "compare.subset_seed": int_at_least(0),
-    "compare.batch_size": int_at_least(1),
-    "compare.imagenet_size": int_at_least(28),
-}
-
-
-def check_compare(cfg: DictConfig) -> None:
-    """Reject bad training (a network may be trained) or compare.* values before anything
-    trains."""
-    check_config(cfg)
-    check_rules(cfg, COMPARE_RULES)
-    c = cfg.compare
-    for role in ROLES:
-        model = c[f"{role}_model"]
-        if model is not None and model not in model_names():
-            raise ConfigError(f"compare.{role}_model", model,
-                              f"null or one of {', '.join(model_names())}")
-    if c.reference is not None and c.reference_weights is not None:
-        raise ConfigError("compare.reference_weights", c.reference_weights,
-                          "null when compare.reference is given (one reference only)")
-    if c.reference_weights is not None and not Path(c.reference_weights).is_file():
-        raise ConfigError("compare.reference_weights", c.reference_weights,
-                          "an existing torchvision ResNet-18 weights file (.pth)")
-
-
 def _describe(network: Network, layer: str) -> str:
     if layer == "logits":
         return "logits"
@@ -392,8 +362,8 @@ def _describe(network: Network, layer: str) -> str:
 
 
 def run_compare(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Load or train both networks, compare them, write compare.json, compare.md, heatmaps."""
-    check_compare(cfg)
+    """Load or train both networks, compare them, write compare.json, compare.md, heatmaps
+    (the config was checked before the run's folder was made: fmnist_lab.schema)."""
     c = cfg.compare
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))

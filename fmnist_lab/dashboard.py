@@ -21,7 +21,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist_lab.keys import BOOKKEEPING, IMPLIED_CHOICES
+from fmnist_lab.keys import IMPLIED_CHOICES, LAUNCH_GROUPS, PLUMBING, STUDY_KEYS
 from fmnist_lab.results import flatten
 
 # SummaryWriter.add_custom_scalars' format: {category: {chart: ["Multiline", [tag regexes]]}}.
@@ -35,15 +35,6 @@ DIVERGED = "train/diverged"  # 1.0 when the loss became NaN or infinite, else 0.
 # the scalar of that name: the last epoch's validation numbers, the final training loss.
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss", "train/loss", DIVERGED)
 
-# Groups that launch runs or offer a single option: their choice tells no two runs apart.
-NOT_COMPARED = frozenset({"experiment", "hparams_search", "debug", "data", "trainer"})
-# The values a study varies. Any other key is a column where the command line sets it.
-STUDY_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay",
-              "data.batch_size", "trainer.max_epochs", "seed", "data.num_folds", "data.fold")
-# Where a run is written, how fast it runs and what it prints: never a column.
-PLUMBING = (BOOKKEEPING - {"seed"}) | {
-    "compile", "data.channels_last", "trainer.accelerator", "trainer.devices",
-    "trainer.deterministic", "trainer.benchmark", "trainer.num_sanity_val_steps"}
 
 _TYPES = {bool: api_pb2.DATA_TYPE_BOOL, int: api_pb2.DATA_TYPE_FLOAT64,
           float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
@@ -73,7 +64,9 @@ def hparams_row(config: Mapping[str, Any], choices: Mapping[str, str],
     keys = [*STUDY_KEYS, *(override_key(o) for o in overrides)]
     if values.get("data.num_folds") is None:
         keys = [k for k in keys if k != "data.fold"]  # fold 0 of no split means nothing
-    row: dict[str, Any] = {g: c for g, c in choices.items() if g not in NOT_COMPARED}
+    # Groups that launch runs, and trainer (one option): their choice tells no runs apart.
+    row: dict[str, Any] = {g: c for g, c in choices.items()
+                           if g not in LAUNCH_GROUPS | {"trainer"}}
     row.update((k, values[k]) for k in keys if k not in PLUMBING and values.get(k) is not None)
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in row.items()}
 

@@ -49,6 +49,17 @@ IMPLIED_CHOICES: dict[str, str] = {"optimizer": "sgd", "scheduler": "none",
 
 LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 
+# The values a study varies: TensorBoard's HParams columns (any other key is a column where
+# the command line sets it), and what a report's table says it held fixed.
+STUDY_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay",
+              "data.batch_size", "trainer.max_epochs", "seed", "data.num_folds", "data.fold")
+HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
+              "data.batch_size", "data.train_size", "trainer.max_epochs")
+# Where a run is written, how fast it runs and what it prints: never a column.
+PLUMBING = (BOOKKEEPING - {"seed"}) | set(SPEED_SWITCHES) | {
+    "trainer.accelerator", "trainer.devices", "trainer.deterministic", "trainer.benchmark",
+    "trainer.num_sanity_val_steps"}
+
 
 def identity(flat_config: dict[str, Any]) -> dict[str, Any]:
     """What identifies a trained run, from its flattened config: bookkeeping left out, speed

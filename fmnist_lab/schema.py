@@ -12,13 +12,14 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist_lab.data import TaskDataModule
-from fmnist_lab.models import NORMS
+from fmnist_lab.models import NORMS, model_names
 from fmnist_lab.tasks import SOURCES
 
 
@@ -247,11 +248,61 @@ def check_data(cfg: DictConfig) -> None:
     TaskDataModule(**data).split()
 
 
+# The benchmark's and the comparison's own sections (conf/bench.yaml, conf/compare.yaml).
+BENCH_METHODS = ("lightning", "bare", "raw", "seed")
+BENCH_RULES: dict[str, Rule] = {
+    "bench.warmup": int_at_least(1),
+    "bench.steps": int_at_least(1),
+    "bench.repeats": int_at_least(1),
+    "bench.seed_workers": int_at_least(0),
+    "bench.max_seconds": (lambda v, c: is_number(v) and v > 0, "a number > 0"),
+    "bench.methods": (
+        lambda v, c: OmegaConf.is_list(v) and len(v) > 0 and all(m in BENCH_METHODS for m in v),
+        f"a non-empty list of {', '.join(BENCH_METHODS)}",
+    ),
+}
+
+
+COMPARE_RULES: dict[str, Rule] = {
+    "compare.num_images": (  # correlations need a few images
+        lambda v, c: is_int(v) and 3 <= v <= 10_000,
+        f"an integer from 3 to {10_000}",
+    ),
+    "compare.subset_seed": int_at_least(0),
+    "compare.batch_size": int_at_least(1),
+    "compare.imagenet_size": int_at_least(28),
+}
+
+
+
+
+def check_compare(cfg: DictConfig) -> None:
+    """The comparison's networks: known models, one reference, a weights file that exists."""
+    c = cfg.compare
+    for role in ("reference", "candidate"):
+        model = c[f"{role}_model"]
+        if model is not None and model not in model_names():
+            raise ConfigError(f"compare.{role}_model", model,
+                              f"null or one of {', '.join(model_names())}")
+    if c.reference is not None and c.reference_weights is not None:
+        raise ConfigError("compare.reference_weights", c.reference_weights,
+                          "null when compare.reference is given (one reference only)")
+    if c.reference_weights is not None and not Path(c.reference_weights).is_file():
+        raise ConfigError("compare.reference_weights", c.reference_weights,
+                          "an existing torchvision ResNet-18 weights file (.pth)")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError (or DataError) for the first key or value of a run's config that
-    breaks a rule."""
+    """Raise ConfigError (or DataError) for the first key or value of a config that breaks a
+    rule: every entry point's config (train, a sweep's jobs, bench, compare), checked once,
+    before its run folder exists (fmnist_lab.sweep.CheckSweepConfigs calls it)."""
     check_keys(cfg)
     check_rules(cfg, RULES)
+    if "bench" in cfg:
+        check_rules(cfg, BENCH_RULES)
+    if "compare" in cfg:
+        check_rules(cfg, COMPARE_RULES)
+        check_compare(cfg)
     if cfg.data.num_folds and cfg.data.train_size is not None:
         if cfg.data.train_size < cfg.data.num_folds * 10:
             raise ConfigError(

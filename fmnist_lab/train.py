@@ -29,7 +29,7 @@ from fmnist_lab.runs import (
     hold_run,
     stop_on_signals,
 )
-from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.schema import ConfigError
 from fmnist_lab.sweep import threads_per_job
 from fmnist_lab.tasks import DataError
 
@@ -91,7 +91,6 @@ def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) 
     if cfg.num_threads is None and threads_per_job(hydra_cfg):
         cfg.num_threads = threads_per_job(hydra_cfg)
     try:
-        check_config(cfg)
         roots = _reuse_roots(cfg, hydra_cfg, multirun)
         if not roots:
             result = train(cfg, out_dir, overrides, choices)

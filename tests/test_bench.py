@@ -179,7 +179,7 @@ def test_bench_models_and_settings_are_checked():
     for bad in ("bench.steps=0", "bench.max_seconds=0", "bench.methods=[fast]",
                 "trainer.precision=64-true"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
-            bench.check_bench(bench_cfg(bad))
+            check_config(bench_cfg(bad))
 
 
 @pytest.mark.slow

@@ -233,3 +233,18 @@ def test_bad_reference_path_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip().splitlines()
     assert len(message) == 1 and "compare.reference" in message[0], proc.stderr
+
+
+@pytest.mark.parametrize("override, key", [
+    ("compare.num_images=2", "compare.num_images"),
+    ("compare.candidate_model=four_fc", "compare.candidate_model"),
+    ("compare.reference_weights=/nowhere/resnet18.pth", "compare.reference_weights"),
+    ("transforms.p=0.5", "transforms.p"),  # and the training keys, for what it trains
+])
+def test_the_comparisons_config_is_checked_with_the_training_rules(override, key):
+    from fmnist_lab.schema import check_config
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_config(compose_config("compare", override if "transforms" not in override
+                                    else "+transforms.p=0.5"))

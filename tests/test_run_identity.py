@@ -30,3 +30,14 @@ def test_new_keys_at_their_defaults_leave_a_runs_identity_unchanged(overrides):
 def test_a_new_key_away_from_its_default_is_another_run(change):
     cfg = compose_config("config", change)
     assert run_key(OmegaConf.to_container(cfg, resolve=True)) != RECORDED_KEYS[""]
+
+
+def test_run_names_leave_out_only_what_keys_calls_bookkeeping_or_launching():
+    """conf/config.yaml's override_dirname.exclude_keys (Hydra reads them there) name keys that
+    never tell two runs apart: each must be bookkeeping or a launch group in fmnist_lab.keys,
+    so the two lists cannot drift apart."""
+    from fmnist_lab.keys import BOOKKEEPING, LAUNCH_GROUPS
+
+    cfg = compose_config("config", return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded - {"hydra.sweep.dir"} <= BOOKKEEPING | LAUNCH_GROUPS

@@ -187,4 +187,5 @@ def test_hparams_of_a_config_by_name_without_plumbing():
     assert row["data.train_size"] == 600 and row["trainer.min_epochs"] == 1
     assert row["optimizer.lr"] == 0.01 and row["seed"] == 0
     assert not PLUMBING & set(row)
-    assert not {"data", "trainer", "experiment", "debug"} & set(row)
+    assert not {"trainer", "experiment", "debug"} & set(row)
+    assert row["data"] == "fashion_mnist"  # data= is a task now: digits, idx, ...

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fmnist_lab.keys import HELD_FIXED
 from fmnist_lab.report.runs import Row, Run, Sweep, format_value, relative, value_key
 from fmnist_lab.report.stats import mean_std
 from fmnist_lab.results import flatten
@@ -18,9 +19,6 @@ from fmnist_lab.results import flatten
 SEED_NUMBERS = json.loads((Path(__file__).parent / "seed_study.json").read_text())
 
 
-# Shown under a table's heading when the same for all its runs: what the table held fixed.
-HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
-              "data.batch_size", "data.train_size", "trainer.max_epochs")
 
 
 def cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 4) -> str:
