@@ -15,7 +15,7 @@ import torch
 from fmnist_lab.run import train
 from fmnist_lab.schema import ConfigError, check_config
 from fmnist_lab.train import _from_ctrl_c
-from tests.conftest import ROOT, TINY, run_cli, without_clocks
+from tests.conftest import PATIENCE, ROOT, TINY, run_cli, without_clocks
 
 FAST = [*TINY, "model=three_fc", "data.test_size=200"]
 
@@ -220,7 +220,7 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "fmnist_lab.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.time() + PATIENCE
     while not list(tmp_path.rglob("results.json")) and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -246,7 +246,7 @@ def test_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
+    deadline = time.time() + PATIENCE
     while not last.exists() and time.time() < deadline:  # written after every epoch
         time.sleep(0.05)
     time.sleep(0.5)

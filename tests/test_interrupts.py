@@ -17,7 +17,7 @@ import torch
 
 from fmnist_lab.run import train
 from fmnist_lab.runs import LOCK_FILE, AtomicCheckpointIO, RunHeld, hold_run
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import PATIENCE, ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the command line
 
@@ -52,14 +52,14 @@ def start():
 
 def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, log: Path) -> Path:
     """The first file below `folder` matching `pattern`, once `proc` has written it."""
-    deadline = time.time() + 300
+    deadline = time.time() + PATIENCE
     while time.time() < deadline:
         found = sorted(folder.glob(pattern))
         if found:
             return found[0]
         assert proc.poll() is None, f"exited {proc.returncode} first:\n{log.read_text()}"
         time.sleep(0.05)
-    raise AssertionError(f"no {pattern} after 300 s:\n{log.read_text()}")
+    raise AssertionError(f"no {pattern} after {PATIENCE} s:\n{log.read_text()}")
 
 
 def resume_command(stderr: str) -> list[str]:
@@ -143,7 +143,7 @@ def test_ctrl_c_stops_a_run_with_what_is_kept_and_the_command_that_resumes(tmp_p
     proc = start(args, log, cwd=tmp_path)
     last = wait_for("outputs/runs/train/*/checkpoints/last.ckpt", tmp_path, proc, log)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
-    assert proc.wait(timeout=120) == 130, log.read_text()
+    assert proc.wait(timeout=PATIENCE) == 130, log.read_text()
     output = log.read_text()
     assert "Traceback" not in output
     [line] = [line for line in output.splitlines() if line.startswith("interrupted by")]
@@ -167,7 +167,7 @@ def test_sigterm_stops_a_sweep_naming_finished_runs_and_the_same_command_resumes
     proc = start(args, log, cwd=tmp_path)
     last = wait_for("outputs/multirun/train/*/1_*/checkpoints/last.ckpt", tmp_path, proc, log)
     proc.send_signal(signal.SIGTERM)  # what a scheduler does to preempt a job
-    assert proc.wait(timeout=120) == 143, log.read_text()
+    assert proc.wait(timeout=PATIENCE) == 143, log.read_text()
     output = log.read_text()
     assert "Traceback" not in output
     [line] = [line for line in output.splitlines() if line.startswith("interrupted by")]
@@ -192,7 +192,7 @@ def test_ctrl_c_as_a_sweep_moves_to_its_next_run_is_one_line_and_130(tmp_path, s
     proc = start(args, log, cwd=tmp_path)
     wait_for("outputs/multirun/train/*/0_seed=0/results.json", tmp_path, proc, log)
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()
+    assert proc.wait(timeout=PATIENCE) == 130, log.read_text()
     output = log.read_text()
     assert "Traceback" not in output and "interrupted" in output, output
 
@@ -211,13 +211,13 @@ def test_a_second_process_skips_a_held_run_in_a_sweep_and_refuses_it_alone(tmp_p
     assert alone.stderr.startswith(f"error: {held}"), alone.stderr
     assert len(alone.stderr.strip().splitlines()) == 1, alone.stderr
     second_log = tmp_path / "second.log"
-    assert second.wait(timeout=300) == 0, second_log.read_text()
+    assert second.wait(timeout=PATIENCE) == 0, second_log.read_text()
     assert f"skipping {run_dir.name}: {held}" in second_log.read_text(), second_log.read_text()
     assert holder.poll() is None, (tmp_path / "holder.log").read_text()
     assert not (run_dir / "results.json").exists()
 
     holder.send_signal(signal.SIGTERM)
-    assert holder.wait(timeout=120) == 143, (tmp_path / "holder.log").read_text()
+    assert holder.wait(timeout=PATIENCE) == 143, (tmp_path / "holder.log").read_text()
     assert not lock.exists()
 
 
@@ -269,7 +269,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes(tmp_path, start):
     run_dir = last.parent.parent
     job = json.loads((run_dir / LOCK_FILE).read_text())["pid"]  # the job process trains
     os.kill(job, signal.SIGUSR2)  # submitit's signal for a preemption or a near time limit
-    assert launcher.wait(timeout=300) == 0, log.read_text()
+    assert launcher.wait(timeout=PATIENCE) == 0, log.read_text()
     job_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
     assert "this job is preempted" in job_logs and "Requeued job" in job_logs
     assert "resuming from" in job_logs

@@ -19,7 +19,7 @@ import pytest
 
 from fmnist_lab.report import write_report
 from fmnist_lab.search import JOURNAL, STUDY_NAME, open_storage, trial_counts
-from tests.conftest import PNG_SIGNATURE, ROOT, TINY, run_cli
+from tests.conftest import PATIENCE, PNG_SIGNATURE, ROOT, TINY, run_cli
 from tests.test_report import fake_result
 
 optuna = pytest.importorskip("optuna")
@@ -104,7 +104,7 @@ def test_a_killed_search_started_again_resumes_its_trial_and_reaches_n_trials(tm
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + PATIENCE
         while not any(p.name.startswith("1_") for p in tmp_path.glob("*_*")):
             assert proc.poll() is None, "the search ended before trial 1 started"
             assert time.monotonic() < deadline, "trial 1 never started"
@@ -264,7 +264,7 @@ def test_the_dashboard_serves_a_search_over_http(tmp_path):
         address = re.search(r"http://localhost:(\d+)/", line)
         assert address, (line, proc.stderr.read() if proc.poll() is not None else "")
         base = f"http://127.0.0.1:{address.group(1)}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PATIENCE
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as response:
@@ -280,7 +280,7 @@ def test_the_dashboard_serves_a_search_over_http(tmp_path):
         assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3 + ["Pruned"]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=PATIENCE)
 
 
 def test_the_dashboard_names_a_folder_without_a_search(tmp_path):

@@ -19,7 +19,7 @@ from fmnist_lab.report.docs import update_readme_tables
 from fmnist_lab.report.figures import band_text, use_log_scale
 from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.report.stats import spearman
-from tests.conftest import PNG_SIGNATURE, ROOT, column, run_cli, table
+from tests.conftest import PATIENCE, PNG_SIGNATURE, ROOT, column, run_cli, table
 
 # What train.py resolves, cut to the keys the report reads.
 BASE_CONFIG: dict[str, Any] = {
@@ -300,7 +300,7 @@ runpy.run_module("fmnist_lab.report", run_name="__main__")
 
 def test_report_runs_where_torch_is_not_installed(lr_sweep: Path):
     proc = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(lr_sweep)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "blocked" not in proc.stderr
     assert table((lr_sweep / "report.md").read_text(), "learning_rate")["header"]
@@ -345,7 +345,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(lr_sweep: Path):
     """`report DIR | head`: `true` leaves before the report prints a line."""
     command = f"{sys.executable} -m fmnist_lab.report {lr_sweep} | true; exit ${{PIPESTATUS[0]}}"
     proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=PATIENCE)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     assert (lr_sweep / "report.md").is_file()
 
@@ -538,7 +538,7 @@ def test_the_report_imports_neither_torch_nor_lightning_where_they_are_installed
     recorded = ROOT / "results/study/learning_rate/seed_0/multirun.yaml"
     (lr_sweep / "multirun.yaml").write_text(recorded.read_text())  # Hydra's, as a sweep leaves
     proc = subprocess.run([sys.executable, "-c", code, str(lr_sweep)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=PATIENCE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]"

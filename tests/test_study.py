@@ -20,7 +20,7 @@ from fmnist_lab.report.docs import README_RECORD, update_readme_tables
 from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
-from tests.conftest import ROOT, TINY, compose_config, run_cli, table
+from tests.conftest import PATIENCE, ROOT, TINY, compose_config, run_cli, table
 from tests.test_report import fake_result, write_sweep
 
 STUDY = ROOT / "results" / "study"
@@ -84,7 +84,7 @@ def test_sweeps_side_by_side_train_a_shared_config_once(tmp_path: Path):
                  f"hydra.sweep.dir={tmp_path / name}", f"reuse_runs_in={tmp_path}"],
                 cwd=ROOT, stdout=logs[name].open("w"), stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + 300
+        deadline = time.time() + PATIENCE
         waiting = f"waiting for pid {os.getpid()}"
         while not all(waiting in log.read_text() for log in logs.values()):
             assert time.time() < deadline and all(p.poll() is None for p in procs.values()), \
