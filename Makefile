@@ -77,7 +77,7 @@ study: setup
 # a run's identity); data.channels_last is a speed switch (not in a run key), faster on CPUs.
 # Re-running with the same TASKS_DIR skips finished runs and resumes the others.
 TASKS_DIR ?= results/tasks
-TASK_ORDER := fmnist_5k fmnist_5k_noisy fmnist_5k_7px fmnist_5k_upper fmnist_1k digits fmnist_55k
+TASK_ORDER ?= fmnist_5k fmnist_5k_noisy fmnist_5k_7px fmnist_5k_upper fmnist_1k digits fmnist_55k
 TASK_SEEDS ?= 0,1,2
 CONTROL_SEEDS ?= 3,4,5
 tasks: setup

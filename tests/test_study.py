@@ -92,7 +92,7 @@ def test_sweeps_side_by_side_train_a_shared_config_once(tmp_path: Path):
             time.sleep(0.5)
         assert not list(tmp_path.rglob("checkpoints"))  # neither trains while it waits
     for name, proc in procs.items():
-        assert proc.wait(timeout=300) == 0, logs[name].read_text()
+        assert proc.wait(timeout=PATIENCE) == 0, logs[name].read_text()
 
     folders = [tmp_path / "lrs/0_optimizer.lr=0.01", tmp_path / "batches/0_data.batch_size=32"]
     results = [read_results(folder) for folder in folders]

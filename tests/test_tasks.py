@@ -289,3 +289,25 @@ def test_a_one_at_a_time_sweep_names_its_runs_by_the_value_it_moves(tmp_path):
     runs = sorted(p.parent.name for p in tmp_path.rglob("results.json"))
     # lr 0.01 with the default init is the baseline: init=default is not trained again.
     assert runs == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1", "2_init=kaiming_normal"]
+
+
+@pytest.mark.slow
+def test_make_tasks_runs_the_tasks_and_the_control_then_continues_without_retraining(tmp_path):
+    import subprocess
+
+    from tests.conftest import PATIENCE, ROOT
+
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed", "-o", "data", "tasks",
+            f"TASKS_DIR={tmp_path}", "TASK_ORDER=digits", "TASK_SEEDS=0", "CONTROL_SEEDS=3",
+            "ARGS=trainer.max_epochs=1 model=three_fc"]
+    first = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    digits = sorted(p.parent.name for p in (tmp_path / "digits/seed_0").rglob("results.json"))
+    control = list((tmp_path / "control/seed_3").rglob("results.json"))
+    assert len(digits) == 15 and len(control) == 15
+    assert "2_optimizer.lr=0.01" in digits and "14_transforms=rotation" in digits
+    assert "## The seed's hypothesis, tested" in (tmp_path / "report.md").read_text()
+    again = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already completed") + again.stdout.count(
+        "already diverged") == 30  # every run found: nothing trained twice
