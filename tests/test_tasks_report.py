@@ -109,3 +109,16 @@ def test_the_report_shows_the_verdicts_and_the_heatmap(record: Path):
 def test_holm_adjusts_the_smallest_p_the_most():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5]
+
+
+def test_the_front_pages_verdict_table_is_regenerated_from_the_record(record: Path, tmp_path):
+    from fmnist_lab.report.docs import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nVerdicts (record: `tasks`):\n\n| setting |\n|---|\n| old |\n\nEnd.\n")
+    assert update_readme(readme, record)
+    text = readme.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| learning rate")]
+    assert len(rows) == 1 and "`0.1` +11" in rows[0] and "moves" in rows[0]
+    assert "| old |" not in text and text.endswith("End.\n")
+    assert not update_readme(readme, record)  # already current

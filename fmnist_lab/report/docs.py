@@ -18,6 +18,7 @@ from fmnist_lab.report.tables import (
     seed_loss_text,
     status_cell,
 )
+from fmnist_lab.report.tasks import tasks_verdicts
 from fmnist_lab.results import write_text_atomic
 
 # A docs line naming an experiment of the record, "(record: `learning_rate`; ...)": the
@@ -110,11 +111,14 @@ def compare_readme_table(summary: dict[str, Any]) -> str:
 
 
 def update_readme_tables(text: str, sweeps: list[Sweep],
-                         compare: dict[str, Any] | None = None) -> str:
+                         compare: dict[str, Any] | None = None,
+                         tasks: str | None = None) -> str:
     """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
-    `sweeps` ("(record: `compare`": from `compare`, a compare.json); a table of an
-    experiment neither recorded nor in the seed is left alone."""
+    `sweeps` ("(record: `compare`": from `compare`, a compare.json; "(record: `tasks`": the
+    `tasks` verdict table); a table of an experiment neither recorded nor in the seed is left
+    alone."""
     by_name = {sweep.name: sweep for sweep in sweeps}
+    made = {"compare": compare_readme_table(compare) if compare else None, "tasks": tasks}
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -122,9 +126,8 @@ def update_readme_tables(text: str, sweeps: list[Sweep],
         out.append(lines[i])
         found = README_RECORD.search(lines[i])
         i += 1
-        is_compare = found is not None and found[1] == "compare"
-        if not found or (is_compare and compare is None) or (
-                not is_compare and found[1] not in by_name and found[1] not in SEED_NUMBERS):
+        if not found or (made[found[1]] is None if found[1] in made else
+                         found[1] not in by_name and found[1] not in SEED_NUMBERS):
             continue
         while (i < len(lines) and not lines[i].startswith(("|", "#"))
                and not README_RECORD.search(lines[i])):
@@ -135,8 +138,8 @@ def update_readme_tables(text: str, sweeps: list[Sweep],
             end += 1
         if end > i:  # the table: replaced whole, its first header cell kept for a new one
             key_header = lines[i].strip("|").split("|")[0].strip()
-            table = compare_readme_table(compare) if is_compare else \
-                seed_comparison_table(found[1], by_name.get(found[1]), key_header)
+            table = made.get(found[1]) or seed_comparison_table(
+                found[1], by_name.get(found[1]), key_header)
             out += table.split("\n")
             i = end
     return "\n".join(out)
@@ -153,7 +156,8 @@ def update_readme(readme: Path, root: Path) -> bool:
                           "(record: `NAME`...), so it has no table to regenerate")
     found = sorted(root.rglob("compare.json"))
     compare = json.loads(found[0].read_text()) if found else None
-    updated = update_readme_tables(text, group_sweeps(load_runs(root)), compare)
+    runs = load_runs(root)
+    updated = update_readme_tables(text, group_sweeps(runs), compare, tasks_verdicts(runs))
     if updated != text:
         write_text_atomic(readme, updated)
     return updated != text
