@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_lab.report.figures import pyplot
-from fmnist_lab.report.runs import Run, format_value, value_key
+from fmnist_lab.report.runs import MULTIRUN_FILE, Run, format_value, value_key
 from fmnist_lab.report.stats import mean_std, spearman
 from fmnist_lab.report.tables import markdown_table
 from fmnist_lab.report.transfer import (
@@ -48,8 +48,14 @@ class Cell:
 
     @property
     def candidate(self) -> bool:
-        """Fit to be a task's best: every seed completed."""
-        return bool(self.runs) and all(r.result.get("status") == "completed" for r in self.runs)
+        """Fit to be a task's best: every seed completed above chance (not collapsed)."""
+        return bool(self.runs) and all(r.status == "completed" for r in self.runs)
+
+    @property
+    def failure(self) -> str:
+        """What kept a value from being a candidate: its seeds' statuses."""
+        return ", ".join(sorted({r.status for r in self.runs if r.status != "completed"})) \
+            or "—"
 
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
         """Mean, std and n over seeds of the last validation accuracy or of test_acc."""
@@ -94,7 +100,11 @@ def task_of(run: Run) -> str | None:
 
 
 def baseline_values(runs: list[Run]) -> dict[str, Any]:
-    """Each setting's baseline value: the one most runs of a task share (11 of its 15)."""
+    """Each setting's baseline value: as the sweep's multirun.yaml composed it (the value every
+    job has unless it moves that setting), else the one most runs of the task share."""
+    recorded = _sweep_baseline(runs[0].path.parent / MULTIRUN_FILE) if runs else None
+    if recorded is not None:
+        return recorded
     baseline = {}
     for key in SETTINGS:
         counts: dict[str, tuple[int, Any]] = {}
@@ -104,6 +114,23 @@ def baseline_values(runs: list[Run]) -> dict[str, Any]:
             counts[value_key(value)] = (n + 1, value)
         baseline[key] = max(counts.values(), key=lambda c: c[0])[1] if counts else None
     return baseline
+
+
+def _sweep_baseline(path: Path) -> dict[str, Any] | None:
+    """The settings' values in a sweep's recorded config (None without one, or unreadable)."""
+    try:
+        import yaml  # PyYAML, OmegaConf's own dependency: no Hydra needed
+    except ImportError:
+        return None
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+        choices = config["hydra"]["runtime"]["choices"]
+        return {key: choices[key] if key in choices else
+                config[key.split(".")[0]][key.split(".")[1]] for key in SETTINGS}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError):
+        return None
 
 
 def group_tasks(runs: list[Run]) -> dict[str, dict[str, TaskSetting]]:
@@ -183,8 +210,7 @@ def setting_table(grouped: dict[str, dict[str, TaskSetting]], key: str) -> str:
                 row.append("—")
                 continue
             if not cell.candidate:
-                row.append("diverged" if any(r.result.get("status") == "diverged"
-                                             for r in cell.runs) else "—")
+                row.append(cell.failure)
                 continue
             (vm, vs, _), (tm, ts, _) = cell.stat("val_acc"), cell.stat("test_acc")
             text = _mean_std(vm, vs)
@@ -319,9 +345,8 @@ def plot_heatmaps(grouped: dict[str, dict[str, TaskSetting]], path: Path) -> Pat
                             f"{best_mean * 100:.1f}", ha="center", va="center", fontsize=8,
                             color="white" if gap[y, x] < -6 else "black")
                 else:
-                    ax.text(x, y, "div." if any(r.result.get("status") == "diverged"
-                                                for r in cell.runs) else "—",
-                            ha="center", va="center", fontsize=8)
+                    ax.text(x, y, cell.failure.replace("diverged", "div.").replace(
+                        "collapsed", "coll."), ha="center", va="center", fontsize=8)
                 if cell is best:
                     ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False,
                                            edgecolor="red", lw=2))
