@@ -12,6 +12,19 @@ from fmnist_lab.report.stats import finite
 from fmnist_lab.report.tables import markdown_table
 
 
+def run_span(run: Run) -> tuple[float, float] | None:
+    """When the whole run ran, from entering training to its results (set-up, every epoch,
+    the test pass), for runs that record their seconds by phase; None for older runs."""
+    seconds = run.result.get("seconds")
+    ended = run.history[-1].get("ended") if run.history else None
+    if not isinstance(seconds, dict) or not isinstance(ended, str):
+        return None
+    last = datetime.fromisoformat(ended).timestamp()
+    test = finite(seconds.get("test")) or 0.0
+    total = finite(seconds.get("total")) or 0.0
+    return last - (total - test), last + test
+
+
 def epoch_spans(run: Run) -> list[tuple[float, float]]:
     """When each of the run's epochs trained on the wall clock: (start, end), POSIX seconds.
     Runs recorded before epochs carried their clock (`ended`) have none."""
@@ -51,7 +64,8 @@ def machine_name(run: Run) -> str:
 def time_section(runs: list[Run]) -> list[str]:
     """The study's wall time, seed by seed, measured by its own epochs' clocks."""
     trained = [r for r in runs if not r.result.get("reused_from")]
-    spans_of = {id(r): epoch_spans(r) for r in trained}  # each run's history read once
+    # Each run's history read once: the whole run where it records its phases, else its epochs.
+    spans_of = {id(r): [run_span(r)] if run_span(r) else epoch_spans(r) for r in trained}
     clocked = [r for r in trained if spans_of[id(r)]]
     if not clocked:
         return []
@@ -65,15 +79,44 @@ def time_section(runs: list[Run]) -> list[str]:
         rows.append([label, str(len(group)), duration(union_seconds(spans)),
                      duration(sum(end - start for start, end in spans))])
     machines = Counter(machine_name(r) for r in clocked)
+    whole = all(run_span(r) for r in clocked)
+    counted = ("each run from entering training to its results (set-up, epochs, test)" if whole
+               else "their epochs (set-up and the test pass left out)")
     lines = ["## Time", "",
-             "Wall time while the runs trained: the union of their epochs on the wall clock "
-             "(start-up, the test pass and gaps between sittings left out; runs side by side "
-             "count once, so seeds that overlapped add up to more than all). Run time adds "
-             "every run's epochs. Trained runs only, not reused ones.", "",
+             f"Wall time while the runs trained: the union on the wall clock of {counted}; "
+             "process start-up and gaps between sittings are left out, and runs side by side "
+             "count once, so seeds that overlapped add up to more than all. Run time adds the "
+             "runs' own. Trained runs only, not reused ones.", "",
              markdown_table(["seed", "runs", "wall time", "run time"], rows), "",
              "Machines: " + "; ".join(f"{name}: {n} run(s)" for name, n in
                                       sorted(machines.items())) + "."]
     if len(clocked) < len(trained):
         lines.append(f"{len(trained) - len(clocked)} trained run(s) recorded before epochs "
                      "carried their clock are left out.")
-    return lines + [""]
+    return lines + ["", *phase_table(clocked)]
+
+
+PHASES = ("data", "train", "validate", "test", "other", "total")
+
+
+def phase_table(runs: list[Run]) -> list[str]:
+    """Where a run's seconds go, mean per run by task (or experiment): reading and splitting
+    the data, training, validating, testing, the rest (building the trainer and network,
+    checkpoints, Lightning's hooks), for runs that record their phases."""
+    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        seconds = run.result.get("seconds")
+        if isinstance(seconds, dict) and run.result.get("status") == "completed":
+            by_group[str(run.params.get("task") or run.experiment)].append(seconds)
+    if not by_group:
+        return []
+    rows = []
+    for group, records in by_group.items():
+        means = {p: sum(finite(r.get(p)) or 0.0 for r in records) / len(records)
+                 for p in PHASES}
+        share = (means["data"] + means["other"]) / means["total"] if means["total"] else 0.0
+        rows.append([group, str(len(records)), *(f"{means[p]:.1f}" for p in PHASES),
+                     f"{share * 100:.1f} %"])
+    return ["Where a completed run's seconds go, mean per run (the process's own start-up, "
+            "once per sweep, is not in them):", "",
+            markdown_table(["task or experiment", "runs", *PHASES, "data + other"], rows), ""]
