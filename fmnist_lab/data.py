@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -253,28 +254,22 @@ class TaskDataModule(pl.LightningDataModule):
         root: str | None = None,
         download: bool = True,
         batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        train_size: int | None = None,
-        val_size: int = 5000,
-        test_size: int | None = None,
-        num_folds: int | None = None,
-        fold: int = 0,
-        split_seed: int = 0,
-        classes: list[int] | None = None,
-        label_noise: float = 0.0,
+        eval_batch_size: int = 128,
         resolution: int | None = None,
         seed: int = 0,
         augment: nn.Module | None = None,
         channels_last: bool = False,
         group_batches: int = 1,
+        **split_args: Any,
     ) -> None:
+        """`split_args`: the keys of `task_split` (train_size, val_size, test_size,
+        num_folds, fold, split_seed, classes, label_noise)."""
         super().__init__()
         self.source, self.root, self.download = source, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.split_args = dict(train_size=train_size, val_size=val_size, test_size=test_size,
-                               num_folds=num_folds, fold=fold, split_seed=split_seed,
-                               classes=list(classes) if classes else None,
-                               label_noise=label_noise)
+        if split_args.get("classes") is not None:
+            split_args["classes"] = list(split_args["classes"])
+        self.split_args = {"split_seed": 0, **split_args}
         self.resolution = resolution
         self.seed = seed
         self.augment = augment
@@ -294,7 +289,7 @@ class TaskDataModule(pl.LightningDataModule):
                                 f"are {source.native_size}x{source.native_size}; use 4 to "
                                 f"{source.native_size}")
             _, train_labels, _, test_labels = train_and_test(source, self.split_args["split_seed"])
-            if self.split_args["classes"]:
+            if self.split_args.get("classes"):
                 _check_classes(self.split_args["classes"], source)
             self._split = task_split(train_labels, test_labels, source.num_classes,
                                      **self.split_args)
