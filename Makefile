@@ -1,4 +1,5 @@
-# make setup | train | test | test-fast | study | tasks | bench | tensorboard | dashboard | lint | clean
+# make setup | train | test | test-fast | study | tasks | search | bench | tensorboard | dashboard
+# | lint | clean
 # `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
 # package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
 # the tests marked slow (the command line, sweeps, make study, longer training): under a
@@ -15,7 +16,7 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
-.PHONY: setup data train test test-fast study tasks bench tensorboard dashboard lint clean
+.PHONY: setup data train test test-fast study tasks search bench tensorboard dashboard lint clean
 
 setup: $(STAMP) data
 
@@ -92,6 +93,27 @@ tasks: setup
 	$(PY) -m fmnist_lab.report $(TASKS_DIR) || status=1; \
 	exit $$status
 STUDY_RECORD ?= results/study
+
+# What pruning saves (SEARCH_DIR): the same search of SEARCH_TRIALS trials twice, same sampler
+# seed, on fmnist_5k (5,000 training images, 10 epochs), once with median pruning and once
+# with none, side by side (one lane each: the same machine load for both), then each search's
+# best configuration trained at seeds 0-2 (seed 0 is its trial, reused) for its test accuracy.
+# Re-running with the same SEARCH_DIR continues each search and skips finished runs.
+SEARCH_DIR ?= results/search
+SEARCH_TRIALS ?= 40
+SEARCH_TASK ?= fmnist_5k
+search: setup
+	@status=0; \
+	printf 'median median\nnop none\n' | xargs -P $(JOBS) -L 1 sh -c '$(PY) -m fmnist_lab.train \
+	    hparams_search=optuna task=$(SEARCH_TASK) hydra/sweeper/pruner=$$0 \
+	    hydra.sweeper.n_trials=$(SEARCH_TRIALS) hydra.sweep.dir=$(SEARCH_DIR)/$$1 \
+	    data.channels_last=true $(STUDY_ARGS) $(ARGS)' || status=1; \
+	printf 'median\nnone\n' | xargs -P $(JOBS) -I @ sh -c 'eval "$(PY) -m fmnist_lab.train -m \
+	    $$($(PY) -m fmnist_lab.search best $(SEARCH_DIR)/@) name=best_@ seed=0,1,2 \
+	    hydra.sweep.dir=$(SEARCH_DIR)/@/best reuse_runs_in=$(SEARCH_DIR)/@ \
+	    data.channels_last=true $(STUDY_ARGS) $(ARGS)"' || status=1; \
+	$(PY) -m fmnist_lab.report $(SEARCH_DIR) || status=1; \
+	exit $$status
 
 # The suite's tests mostly start a Python that imports torch and Lightning (seconds of one
 # core each): two pytest workers on two cores, a thread each, take 6 minutes where one takes 12.

@@ -16,6 +16,7 @@ optuna is imported inside the functions: report.py imports this module for every
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -116,6 +117,28 @@ def trial_run_dirs(study: Any, sweep_dir: str | Path) -> dict[int, Path]:
             if t.user_attrs.get("run_dir")}
 
 
+def best_overrides(sweep_dir: str | Path) -> list[str]:
+    """The command-line overrides that train the search's best trial again (what `make search`
+    retrains at seeds 0-2): its run's overrides, the search's own (hparams_search, hydra.*)
+    and the plumbing (threads, speed switches) aside. ValueError where the search has no
+    completed trial."""
+    import json
+
+    journal = journal_of(sweep_dir)
+    study = next(iter(load_studies(journal)), None)
+    done = [t for t in search_trials(study) if t.state.name == "COMPLETE"] if study else []
+    if not done:
+        raise ValueError(f"{journal.parent}: the search has no completed trial yet")
+    best = max(done, key=lambda t: t.value)
+    run = journal.parent / best.user_attrs["run_dir"]
+    from fmnist_lab.keys import LAUNCH_GROUPS, PLUMBING
+
+    overrides = json.loads((run / "results.json").read_text())["overrides"]
+    # What the run learned from, not how or where it ran (the retrain's command sets those).
+    return [o for o in overrides if not o.startswith("hydra")
+            and o.split("=", 1)[0].lstrip("+~") not in {*LAUNCH_GROUPS, *PLUMBING, "seed"}]
+
+
 # --------------------------------------------------------------------------- the dashboard
 
 
@@ -176,10 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     dash.add_argument("sweep_dir", help="the search's sweep folder (or its optuna.journal)")
     dash.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (8080; 0: a free one)")
+    best = commands.add_parser("best", help="the overrides that train the best trial again")
+    best.add_argument("sweep_dir", help="the search's sweep folder (or its optuna.journal)")
     args = parser.parse_args(argv)
     try:
-        serve_dashboard(args.sweep_dir, host=args.host, port=args.port)
-    except (ValueError, OSError) as e:
+        if args.command == "best":
+            print(shlex.join(best_overrides(args.sweep_dir)))
+        else:
+            serve_dashboard(args.sweep_dir, host=args.host, port=args.port)
+    except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
 
 

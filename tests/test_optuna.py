@@ -295,3 +295,32 @@ def test_make_dashboard_runs_the_dashboard_on_the_folder():
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"-m fmnist_lab.search dashboard outputs/multirun/optuna/x --port 8090",
                      proc.stdout)
+
+
+def test_two_searches_side_by_side_say_what_pruning_saved(tmp_path):
+    """A pruned and an unpruned search (made up, as make search lays them out): wall time from
+    their runs' clocks, trials by state, and each best configuration retrained at 3 seeds."""
+    def search_record(folder: Path, pruner: str, minutes: int, val: float) -> None:
+        small_study(folder)
+        (folder / "multirun.yaml").write_text(
+            f"hydra:\n  sweeper:\n    pruner:\n      _target_: optuna.pruners.{pruner}\n")
+        trial = fake_result("optuna", {"optimizer.lr": 0.01}, 0)
+        trial["history"][-1]["ended"] = "2026-12-04T10:00:00+00:00"
+        trial["seconds"] = {"test": 0.0, "total": minutes * 60.0}
+        (folder / "0_run").mkdir()
+        (folder / "0_run" / "results.json").write_text(json.dumps(trial))
+        for seed in (0, 1, 2):
+            best = fake_result("best", {"optimizer.lr": 0.05}, seed, val_acc=val + 0.001 * seed,
+                               test_acc=0.9)
+            (folder / "best" / f"{seed}_seed={seed}").mkdir(parents=True)
+            (folder / "best" / f"{seed}_seed={seed}" / "results.json").write_text(
+                json.dumps(best))
+
+    search_record(tmp_path / "median", "MedianPruner", 30, 0.880)
+    search_record(tmp_path / "none", "NopPruner", 60, 0.881)
+    md = write_report(tmp_path).markdown.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `median` | MedianPruner | 30 min | 3 / 1 |")
+    assert rows[1].startswith("| `none` | NopPruner | 1 h 00 min | 3 / 1 |")
+    assert "88.10 ± 0.10 %" in rows[0] and "90.00 ± 0.00 % (seeds 0, 1, 2)" in rows[0]
+    assert "Pruning saved 50 % of the wall time" in md and "earns its place" in md

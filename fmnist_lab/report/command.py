@@ -94,7 +94,7 @@ def write_report(root: Path, log_y: bool = False) -> Report:
         summary.append(summary_line(sweep))
     md += compare_sections(root)
     md += time_section(runs)
-    optuna_md, optuna_figures = optuna_sections(root)
+    optuna_md, optuna_figures = optuna_sections(root, runs)
     md += optuna_md
     figures += optuna_figures
     markdown = root / "report.md"

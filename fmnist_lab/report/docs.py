@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_lab.report.runs import ReportError, Row, Sweep, group_sweeps, load_runs
+from fmnist_lab.report.search import search_comparison
 from fmnist_lab.report.stats import mean_std
 from fmnist_lab.report.tables import (
     SEED_NUMBERS,
@@ -112,13 +113,14 @@ def compare_readme_table(summary: dict[str, Any]) -> str:
 
 def update_readme_tables(text: str, sweeps: list[Sweep],
                          compare: dict[str, Any] | None = None,
-                         tasks: str | None = None) -> str:
+                         tasks: str | None = None, search: str | None = None) -> str:
     """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
     `sweeps` ("(record: `compare`": from `compare`, a compare.json; "(record: `tasks`": the
-    `tasks` verdict table); a table of an experiment neither recorded nor in the seed is left
-    alone."""
+    `tasks` verdict table; "(record: `search`": the searches side by side); a table of an
+    experiment neither recorded nor in the seed is left alone."""
     by_name = {sweep.name: sweep for sweep in sweeps}
-    made = {"compare": compare_readme_table(compare) if compare else None, "tasks": tasks}
+    made = {"compare": compare_readme_table(compare) if compare else None, "tasks": tasks,
+            "search": search}
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -157,7 +159,8 @@ def update_readme(readme: Path, root: Path) -> bool:
     found = sorted(root.rglob("compare.json"))
     compare = json.loads(found[0].read_text()) if found else None
     runs = load_runs(root)
-    updated = update_readme_tables(text, group_sweeps(runs), compare, tasks_verdicts(runs))
+    updated = update_readme_tables(text, group_sweeps(runs), compare, tasks_verdicts(runs),
+                                   search_comparison(root, runs))
     if updated != text:
         write_text_atomic(readme, updated)
     return updated != text

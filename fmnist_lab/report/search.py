@@ -4,14 +4,17 @@ against epoch, where a pruned trial's line stops at the epoch its pruner stopped
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmnist_lab.report.figures import file_name, pyplot
-from fmnist_lab.report.runs import format_value, relative
-from fmnist_lab.report.tables import markdown_table
+from fmnist_lab.report.runs import Run, format_value, relative
+from fmnist_lab.report.stats import mean_std
+from fmnist_lab.report.tables import cell, markdown_table
+from fmnist_lab.report.timing import duration, run_span, union_seconds
 from fmnist_lab.search import (
     find_journals,
     load_studies,
@@ -22,13 +25,22 @@ from fmnist_lab.search import (
 )
 
 PRUNED_COLOUR = "0.55"
+BEST_FOLDER = "best"  # below a search's folder: its best configuration at seeds 0-2 (make search)
 
 
-def optuna_sections(root: Path) -> tuple[list[str], list[Path]]:
-    """For every search's journal below `root`: a section and its figures. optuna is imported
-    only where a search left its journal (it imports no torch either)."""
+def optuna_sections(root: Path, runs: list[Run]) -> tuple[list[str], list[Path]]:
+    """For every search's journal below `root`: a section and its figures, after a table of
+    the searches side by side. optuna is imported only where a search left its journal (it
+    imports no torch either)."""
     md: list[str] = []
     figures: list[Path] = []
+    compared = search_comparison(root, runs)
+    if compared:
+        md += ["## optuna searches side by side", "",
+               "Wall time: the union of the trials' runs on the wall clock (set-up, epochs and "
+               "test of each); a pruned run counts until it stopped. The best configuration is "
+               "each search's best trial trained again at seeds 0-2 (mean ± std).", "",
+               compared, ""]
     for journal in find_journals(root):
         prefix = "" if journal.parent == root else file_name(relative(journal.parent, root)) + "_"
         for study in load_studies(journal):
@@ -159,3 +171,82 @@ def _importance_lines(study: Any) -> list[str]:
     rows = [[f"`{name}`", f"{value:.3f}"] for name, value in importances.items()]
     return ["Parameter importances (optuna's fANOVA over the completed trials, seed 0, "
             "summing to 1):", "", markdown_table(["parameter", "importance"], rows)]
+
+
+def search_comparison(root: Path, runs: list[Run]) -> str | None:
+    """The searches below `root` side by side (what pruning saves): per search its pruner,
+    trials by state, wall time, best trial, and its best configuration's accuracy at seeds
+    0-2 (runs in its `best` folder); then whether pruning earned its place. None without a
+    search."""
+    journals = find_journals(root)
+    if not journals:
+        return None
+    rows, summary = [], {}
+    for journal in journals:
+        folder = journal.parent
+        study = next(iter(load_studies(journal)), None)
+        if study is None:
+            continue
+        counts = trial_counts(study)
+        done = [t for t in search_trials(study) if t.state.name == "COMPLETE"]
+        best = max(done, key=lambda t: t.value) if done else None
+        inside = [r for r in runs if _below(r.path, folder)]
+        trials = [r for r in inside if not _below(r.path, folder / BEST_FOLDER)]
+        retrained = [r for r in inside if _below(r.path, folder / BEST_FOLDER)
+                     and r.result.get("status") == "completed"]
+        wall = union_seconds([s for s in map(run_span, trials) if s])
+        val = mean_std([r.epoch_metric("val_acc", True) for r in retrained])
+        test = mean_std([r.result.get("test_acc") for r in retrained])
+        pruner = _pruner(folder)
+        summary[pruner] = (wall, val)
+        seeds = ", ".join(str(r.result.get("seed")) for r in
+                          sorted(retrained, key=lambda r: str(r.result.get("seed"))))
+        rows.append([f"`{relative(folder, root)}`", pruner, duration(wall) if wall else "—",
+                     f"{counts['complete']} / {counts['pruned']}" + (
+                         f" ({counts['fail']} failed)" if counts["fail"] else ""),
+                     f"{best.value * 100:.2f} % (trial {best.number})" if best else "—",
+                     f"{cell(*val[:2], 100, 2)} %" if val[0] is not None else "—",
+                     f"{cell(*test[:2], 100, 2)} % (seeds {seeds})" if test[0] is not None
+                     else "—"])
+    verdict = _pruning_verdict(summary)
+    if verdict:
+        rows.append(["**pruning**", verdict, "", "", "", "", ""])
+    return markdown_table(["search", "pruner", "wall time", "trials completed / pruned",
+                           "best trial's validation acc", "best config: validation acc",
+                           "best config: test acc"], rows)
+
+
+def _below(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _pruner(folder: Path) -> str:
+    """The search's pruner class, as its recorded config names it."""
+    try:
+        import yaml
+
+        config = yaml.safe_load((folder / "multirun.yaml").read_text())
+        return str(config["hydra"]["sweeper"]["pruner"]["_target_"]).rsplit(".", 1)[-1]
+    except Exception:  # no record, another layout: the folder's name will do
+        return folder.name
+
+
+def _pruning_verdict(summary: dict[str, tuple[float, tuple]]) -> str:
+    """Pruning earns its place where it saves at least a third of the unpruned search's wall
+    time and its best configuration's validation accuracy lies within noise of the unpruned
+    one's (the two seed-to-seed stds combined)."""
+    pruned = next((v for k, v in summary.items() if k != "NopPruner"), None)
+    plain = summary.get("NopPruner")
+    if pruned is None or plain is None or not plain[0] or pruned[1][0] is None \
+            or plain[1][0] is None:
+        return ""
+    saved = 1 - pruned[0] / plain[0]
+    (m1, s1, _), (m2, s2, _) = pruned[1], plain[1]
+    gap, noise = (m1 - m2) * 100, math.hypot(s1 or 0.0, s2 or 0.0) * 100
+    earns = saved >= 1 / 3 and abs(gap) <= noise
+    return (f"Pruning saved {saved * 100:.0f} % of the wall time; its best configuration's "
+            f"validation accuracy is {gap:+.2f} points from the unpruned search's (combined "
+            f"seed-to-seed std {noise:.2f}): pruning "
+            + ("earns its place (at least a third saved, within noise)." if earns else
+               "does not earn its place by the rule (at least a third of the wall time saved "
+               "with the best accuracy within noise)."))
