@@ -94,3 +94,12 @@ def table(markdown: str, section: str) -> dict[str, list[str]]:
 
 def column(rows: dict[str, list[str]], label: str, name: str) -> str:
     return rows[label][rows["header"].index(name)]
+
+
+@pytest.fixture
+def lr_sweep(tmp_path: Path) -> Path:
+    """A made-up learning-rate sweep (tests/fakes.py): two seeds of lr 0.001, 0.01, 0.1; lr 1
+    diverges in epoch 2 for both."""
+    from tests.fakes import lr_sweep_folder
+
+    return lr_sweep_folder(tmp_path)

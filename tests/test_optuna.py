@@ -20,7 +20,7 @@ import pytest
 from fmnist_lab.report import write_report
 from fmnist_lab.search import JOURNAL, STUDY_NAME, open_storage, trial_counts
 from tests.conftest import PATIENCE, PNG_SIGNATURE, ROOT, TINY, run_cli
-from tests.test_report import fake_result
+from tests.fakes import fake_result
 
 optuna = pytest.importorskip("optuna")
 

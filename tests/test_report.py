@@ -2,104 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import csv
-import json
-import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
 from fmnist_lab.report import write_report
-from fmnist_lab.report.docs import update_readme_tables
 from fmnist_lab.report.figures import band_text, use_log_scale
 from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.report.stats import spearman
 from tests.conftest import PATIENCE, PNG_SIGNATURE, ROOT, column, run_cli, table
-
-# What train.py resolves, cut to the keys the report reads.
-BASE_CONFIG: dict[str, Any] = {
-    "name": "train", "seed": 0, "num_threads": None,
-    "optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
-    "data": {"root": None, "batch_size": 128, "train_size": None, "num_folds": None,
-             "fold": None, "split_seed": 0},
-    "model": {"_target_": "fmnist_lab.models.TwoConvOneFC"},
-    "init": {"scheme": "default"},
-    "transforms": {"_target_": "torch.nn.Identity"},
-    "trainer": {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False},
-}
-MODELS = {"two_conv_one_fc": ("TwoConvOneFC", 1_625_866), "three_fc": ("ThreeFC", 94_154)}
-TRANSFORMS = {"hflip": {"_target_": "fmnist_lab.transforms.RandomHorizontalFlip", "p": 0.5},
-              "rotation": {"_target_": "fmnist_lab.transforms.RandomRotation", "degrees": 10}}
-
-
-def fake_result(experiment: str, swept: dict[str, Any], seed: int = 0, *,
-                status: str = "completed", val_acc: float = 0.9, test_acc: float = 0.88,
-                train_losses: tuple[float, ...] = (1.0, 0.5, 0.3),
-                diverged_epoch: int | None = None) -> dict[str, Any]:
-    """A results.json as train.py writes it, for `swept` values (dotted keys or groups)."""
-    config = copy.deepcopy(BASE_CONFIG)
-    config["name"], config["seed"] = experiment, seed
-    model = "two_conv_one_fc"
-    choices = {"data": "fashion_mnist", "model": model, "init": "default",
-               "transforms": "standard", "trainer": "default", "experiment": experiment}
-    for key, value in swept.items():
-        if key in choices:
-            choices[key] = value
-        if key == "model":
-            model = value
-            config["model"] = {"_target_": f"fmnist_lab.models.{MODELS[value][0]}"}
-        elif key == "init":
-            config["init"] = {"scheme": value}
-        elif key == "transforms":
-            config["transforms"] = TRANSFORMS[value]
-        else:
-            section, name = key.split(".")
-            config[section][name] = value
-    overrides = [f"{k}={v}" for k, v in swept.items()]
-    overrides += [f"experiment={experiment}", f"seed={seed}"]
-    if status == "failed":
-        return {"status": "failed", "error": "RuntimeError: boom", "seed": seed,
-                "overrides": overrides, "choices": choices, "config": config}
-    epochs = len(train_losses)
-    history = [{"epoch": e + 1, "train_loss": loss, "train_acc": 0.5, "val_loss": loss + 0.1,
-                "val_acc": val_acc - 0.05 * (epochs - 1 - e), "seconds": 2.0}
-               for e, loss in enumerate(train_losses)]
-    if status == "diverged":
-        history = history[:diverged_epoch]
-        history[-1].update(train_loss=math.nan, val_loss=math.nan, val_acc=0.1)
-    return {"status": status, "model": model, "num_params": MODELS[model][1], "seed": seed,
-            "overrides": overrides, "choices": choices, "diverged_epoch": diverged_epoch,
-            "history": history,
-            "test_loss": None if status == "diverged" else 0.3,
-            "test_acc": None if status == "diverged" else test_acc, "device": "cpu",
-            "train_images_per_second": 1000.0, "train_images": 550, "val_images": 50,
-            "test_images": 1000, "config": config}
-
-
-def write_sweep(folder: Path, results: list[dict[str, Any]]) -> Path:
-    """Hydra's layout: FOLDER/<job num>_<overrides>/results.json."""
-    for num, result in enumerate(results):
-        run = folder / f"{num}_{','.join(result['overrides'][:1])}"
-        run.mkdir(parents=True)
-        (run / "results.json").write_text(json.dumps(result))
-    return folder
-
-
-@pytest.fixture
-def lr_sweep(tmp_path: Path) -> Path:
-    """Two seeds of lr 0.001, 0.01, 0.1; lr 1 diverges in epoch 2 for both."""
-    accs = {0.001: (0.80, 0.82), 0.01: (0.90, 0.92), 0.1: (0.85, 0.85)}
-    results = [fake_result("learning_rate", {"optimizer.lr": lr}, seed, val_acc=acc[seed],
-                           test_acc=acc[seed] - 0.01, train_losses=(1.0 + seed, 0.5, 0.2 + seed))
-               for lr, acc in accs.items() for seed in (0, 1)]
-    results += [fake_result("learning_rate", {"optimizer.lr": 1}, seed, status="diverged",
-                            diverged_epoch=2) for seed in (0, 1)]
-    return write_sweep(tmp_path / "lr", results)
+from tests.fakes import cv_sweep, fake_result, write_sweep
 
 
 def test_rows_are_mean_and_std_over_seeds(lr_sweep: Path):
@@ -227,11 +143,6 @@ def test_log_scale_only_where_values_span_decades():
     assert not use_log_scale([])
 
 
-def cv_sweep(folder: Path, accs: list[float], seeds: tuple[int, ...] = (0, 1)) -> Path:
-    return write_sweep(folder, [
-        fake_result("cross_validation", {"data.fold": fold, "data.num_folds": 5}, seed,
-                    val_acc=acc + 0.01 * seed)
-        for fold, acc in enumerate(accs) for seed in seeds])
 
 
 def test_cross_validation_table_has_fold_rows_and_a_mean_row(tmp_path: Path):
@@ -244,16 +155,6 @@ def test_cross_validation_table_has_fold_rows_and_a_mean_row(tmp_path: Path):
     assert "spread 3.00 points" in md and "no climb with fold order" in md
 
 
-def test_the_readmes_fold_table_ends_with_the_mean_over_folds(tmp_path: Path):
-    sweeps = group_sweeps(load_runs(cv_sweep(tmp_path, [0.86, 0.88, 0.85, 0.87, 0.86])))
-    text = update_readme_tables("(record: `cross_validation`)\n\n| fold |\n|---|\n", sweeps)
-    rows = table("## cv\n" + text, "cv")
-    assert rows["header"][4:7] == ["fold acc: seed's", "ours", "test acc: ours"]
-    assert rows["2"][4:6] == ["96.12 %", "85.50 ± 0.71 %"]  # the seed's fold 3 (its numbering)
-    # The seed's five folds average 95.57 %; ours are the report's mean row.
-    assert rows["**mean ± std**"][1:] == [
-        "5 folds", "0.1867 → 0.0787", "1.0000 ± 0.0000 → 0.3000 ± 0.0000", "95.57 %",
-        "86.90 ± 1.14 %", "88.00 ± 0.00 %", "over folds"]
 
 
 def test_cross_validation_flags_a_climb(tmp_path: Path):
@@ -320,25 +221,6 @@ def test_the_loss_figure_says_over_how_many_seeds(tmp_path: Path):
     assert band({0.01: (0, 1), 0.1: (0,)}) == "mean ± std over 1-2 seeds"  # a study under way
 
 
-def test_the_readmes_figure_12_is_the_compare_summary_beside_the_seeds():
-    def layer(network: str, name: str, units: int, mean: float) -> dict[str, Any]:
-        return {"network": network, "model": "resnet18" if network == "reference" else
-                "three_fc", "layer": name, "description": name, "units": units,
-                "dead_units": 1, "shape": [units - 1, units - 1], "mean": mean, "std": 0.5,
-                "offdiag_mean": -0.1}
-
-    summary = {"layers": {"reference.features": layer("reference", "features", 512, 0.03),
-                          "candidate.features": layer("candidate", "features", 256, 0.02),
-                          "candidate.logits": layer("candidate", "logits", 10, 0.01)}}
-    text = update_readme_tables("(record: `compare`)\n\n| layer |\n|---|\n", [], summary)
-    rows = table("## f12\n" + text, "f12")
-    assert rows["resnet18 (reference), features"][1:] == [
-        "(512, 512)", "(511, 511)", "0.0221", "0.0300", "0.1641", "0.5000", "-0.1000",
-        "1 of 512"]
-    assert rows["three_fc (candidate), logits"][1:4] == ["(10, 10)", "(9, 9)", "0.1635"]
-    assert rows["three_fc (candidate), features"][1] == "—"  # the seed has no such matrix
-    # Without a compare.json the table is left as it is.
-    assert update_readme_tables(text, [], None) == text
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(lr_sweep: Path):
@@ -359,116 +241,16 @@ def test_bad_dir_exits_2_with_one_line(tmp_path: Path, make):
     assert str(tmp_path) in proc.stderr
 
 
-README_BEFORE = """# A project
-
-Intro. | not a table row, a sentence that starts mid-line.
-
-**Learning rate** (record: `learning_rate`; a note on the same line).
-
-| optimizer.lr | n | whatever was here before |
-|---|---|---|
-| 0.5 | 9 | stale |
-
-Text between tables stays.
-
-| a table under no record line | x |
-|---|---|
-| kept | as is |
-
-**Initialisation** (record: `weight_init`): nothing of it recorded yet.
-
-| init | old |
-|---|---|
-
-## Other
-
-(record: `not_an_experiment`)
-
-| left | alone |
-|---|---|
-"""
 
 
-def test_readme_tables_are_regenerated_from_the_record(tmp_path: Path, lr_sweep: Path):
-    readme = tmp_path / "README.md"
-    readme.write_text(README_BEFORE)
-    proc = run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = readme.read_text()
-    lr = table(text.replace("**Learning rate**", "## lr"), "lr")
-    assert lr["header"] == ["optimizer.lr", "n", "train loss ep 1 → ep 3: seed's", "ours",
-                            "test acc: seed's", "ours", "status"]
-    # Mean ± std over the two seeds, the seed's own numbers beside them.
-    assert lr["0.01"] == ["0.01", "2", "0.4471 → 0.0484", "1.5000 ± 0.7071 → 0.7000 ± 0.7071",
-                          "91.61 %", "90.00 ± 1.41 %", "2 completed"]
-    assert lr["1"] == ["1", "0", "—", "—", "—", "—", "2 diverged (epoch 2)"]
-    assert lr["0.0001"][1:] == ["0", "0.6427 → 0.3072", "—", "87.98 %", "—", "not run yet"]
-    assert "0.5" not in lr and "stale" not in text
-    init = table(text.replace("**Initialisation**", "## init"), "init")
-    assert init["header"][0] == "init" and len(init) == 1 + 4  # the seed's four schemes
-    assert all(row[-1] == "not run yet" for label, row in init.items() if label != "header")
-    # Everything that is not a record's table is as it was.
-    for kept in ("Intro. | not a table row", "Text between tables stays.",
-                 "| kept | as is |", "| left | alone |"):
-        assert kept in text
-    # Regenerating again changes nothing.
-    run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
-    assert readme.read_text() == text
 
 
-@pytest.mark.parametrize("content", [None, "no record line here\n"])
-def test_a_readme_without_record_tables_exits_2(tmp_path: Path, lr_sweep: Path, content):
-    readme = tmp_path / "README.md"
-    if content is not None:
-        readme.write_text(content)
-    proc = run_cli("fmnist_lab.report", str(lr_sweep), "--readme", str(readme))
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: --readme ") and "Traceback" not in proc.stderr
-    assert content is None or readme.read_text() == content
 
 
-# experiment=interaction: lr x batch size.
-def interaction_results(best_lr: dict[int, float]) -> list[dict]:
-    """5 x 4 grid, 2 seeds; at each batch size `best_lr[size]` scores highest; lr 1 diverges."""
-    results = []
-    for size in (64, 128, 256, 512):
-        for lr in (0.0001, 0.001, 0.01, 0.1, 1.0):
-            for seed in (0, 1):
-                if lr == 1.0:
-                    results.append(fake_result("interaction", {"optimizer.lr": lr,
-                                   "data.batch_size": size}, seed, status="diverged",
-                                   diverged_epoch=1))
-                    continue
-                acc = 0.9 - 0.02 * abs(math.log10(lr / best_lr[size])) + size / 1e5
-                results.append(fake_result("interaction", {"optimizer.lr": lr,
-                               "data.batch_size": size}, seed, val_acc=acc + seed * 1e-4))
-    return results
 
 
-def test_interaction_heatmap_marks_the_best_cell_and_reads_the_scaling_rule(tmp_path):
-    rising = {64: 0.001, 128: 0.01, 256: 0.01, 512: 0.1}
-    report = write_report(write_sweep(tmp_path / "up", interaction_results(rising)))
-    md = report.markdown.read_text()
-    heatmap = tmp_path / "up" / "interaction_heatmap.png"
-    assert heatmap in report.figures and heatmap.stat().st_size > 10_000
-    assert "![interaction: validation accuracy by learning rate and batch size]" in md
-    assert ("**Best learning rate per batch size:** 64 → 0.001, 128 → 0.01, 256 → 0.01, "
-            "512 → 0.1; it rises with the batch size") in md
-    assert "data.batch_size, optimizer.lr = `512, 0.1`" in md or "`0.1, 512`" in md
-
-    flat = {64: 0.01, 128: 0.01, 256: 0.01, 512: 0.01}
-    md = write_report(write_sweep(tmp_path / "flat", interaction_results(flat))).markdown
-    assert "it does not move with the batch size" in md.read_text()
-    falling = {64: 0.1, 128: 0.01, 256: 0.01, 512: 0.001}
-    md = write_report(write_sweep(tmp_path / "down", interaction_results(falling))).markdown
-    assert "does not rise monotonically" in md.read_text()
 
 
-def test_a_one_factor_sweep_gets_no_heatmap(tmp_path):
-    results = [fake_result("learning_rate", {"optimizer.lr": lr}) for lr in (0.01, 0.1)]
-    report = write_report(write_sweep(tmp_path, results))
-    assert not list(tmp_path.glob("*_heatmap.png"))
-    assert "Best learning rate per batch size" not in report.markdown.read_text()
 
 
 def test_a_sweep_with_one_run_finished_so_far_is_named_by_its_grid(tmp_path: Path):
@@ -487,44 +269,10 @@ def test_a_sweep_with_one_run_finished_so_far_is_named_by_its_grid(tmp_path: Pat
     assert "**Best by mean last-epoch validation accuracy:** init = `xavier_uniform`" in md
 
 
-def clocked(result: dict[str, Any], ends: list[str], seconds: float,
-            machine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`result` with its epochs ending at `ends` (ISO, UTC), each `seconds` long."""
-    for entry, ended in zip(result["history"], ends, strict=True):
-        entry.update(ended=ended, seconds=seconds)
-    result["machine"] = machine or {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 1}
-    return result
 
 
-def test_the_study_wall_time_is_the_union_of_its_epochs_seed_by_seed(tmp_path: Path):
-    lr = [fake_result("learning_rate", {"optimizer.lr": v}, seed) for v in (0.01, 0.1)
-          for seed in (1, 2)]
-    # Seed 1: two runs side by side, 10:00-10:30 and 10:10-10:40, count once: 40 min.
-    clocked(lr[0], ["2026-11-28T10:10:00+00:00", "2026-11-28T10:20:00+00:00",
-                    "2026-11-28T10:30:00+00:00"], 600)
-    clocked(lr[2], ["2026-11-28T10:20:00+00:00", "2026-11-28T10:30:00+00:00",
-                    "2026-11-28T10:40:00+00:00"], 600)
-    # Seed 2: one run, then a day's gap (the sitting ended), then another: 2 x 3 min.
-    clocked(lr[1], ["2026-11-28T11:01:00+00:00", "2026-11-28T11:02:00+00:00",
-                    "2026-11-28T11:03:00+00:00"], 60)
-    clocked(lr[3], ["2026-11-29T09:01:00+00:00", "2026-11-29T09:02:00+00:00",
-                    "2026-11-29T09:03:00+00:00"], 60, {"gpu": "NVIDIA H100"})
-    old = fake_result("architecture", {"model": "three_fc"}, 1)  # recorded before clocks
-    write_sweep(tmp_path / "learning_rate", lr)
-    write_sweep(tmp_path / "architecture", [old])
-    md = write_report(tmp_path).markdown.read_text()
-    rows = table(md, "Time")
-    assert rows["header"] == ["seed", "runs", "wall time", "run time"]
-    assert rows["1"] == ["1", "2", "40 min", "1 h 00 min"]
-    assert rows["2"] == ["2", "2", "6 min", "6 min"]
-    assert rows["**all**"] == ["**all**", "4", "46 min", "1 h 06 min"]
-    assert "AMD EPYC (2 cores), 1 torch thread(s) a run: 3 run(s); NVIDIA H100: 1 run(s)" in md
-    assert "1 trained run(s) recorded before epochs carried their clock are left out" in md
 
 
-def test_a_record_without_clocks_has_no_time_section(tmp_path: Path):
-    write_sweep(tmp_path, [fake_result("learning_rate", {"optimizer.lr": v}) for v in (0.01, 0.1)])
-    assert "## Time" not in write_report(tmp_path).markdown.read_text()
 
 
 def test_the_report_imports_neither_torch_nor_lightning_where_they_are_installed(lr_sweep: Path):

@@ -21,7 +21,7 @@ from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.results import read_results, run_key
 from fmnist_lab.runs import CLAIMS_DIR, claim_config
 from tests.conftest import PATIENCE, ROOT, TINY, compose_config, run_cli, table
-from tests.test_report import fake_result, write_sweep
+from tests.fakes import fake_result, write_sweep
 
 STUDY = ROOT / "results" / "study"
 # Every committed record of full-scale runs: the study; the tuned recipe's search and seeds.
