@@ -8,16 +8,13 @@ The surface is hydra-optuna-sweeper's: `n_trials`, `n_jobs`, `direction`, `study
 (`choice(...)`, `interval(a, b)`, `int(interval(...))`, `tag(log, interval(...))`,
 `range(...)`); a sweep given on the command line joins them, a plain value there pins a key.
 
-- The study lives in `storage`, an optuna journal file in the sweep folder by default: an
-  append-only log behind a lock file, which several processes share (SQLite's database lock
-  is what fails under concurrent writers).
-- `n_trials` is the search's total. Started again with the same `hydra.sweep.dir`, a search
-  asks only for the trials still missing; so does a second worker (another shell, another
-  node) started on the same sweep folder: asking happens under a lock in the sweep folder, and
-  every trial counts there the moment it is asked, so workers never exceed n_trials together.
+- The study lives in `storage`, by default an optuna journal file in the sweep folder, which
+  several processes share (where SQLite's database lock fails under concurrent writers).
+- `n_trials` is the search's total: a search started again, or a second worker on the same
+  sweep folder, asks only for the trials still missing, under a lock, each counted the moment
+  it is asked, so workers never exceed n_trials together.
 - A trial's run folder is numbered by the trial (`<number>_<overrides>`): two workers never
-  share a folder. Trials run in batches of `n_jobs` through Hydra's launcher (joblib's runs
-  them side by side).
+  share a folder. Trials run in batches of `n_jobs` through Hydra's launcher.
 - A trial cut off by Ctrl-C, SIGTERM or a killed process (a RUNNING trial whose owner, the
   host and pid recorded on it, is gone) is marked `interrupted`, failed, and its parameters
   asked again as a new trial, first, by whichever worker asks next: the retry runs in the
@@ -207,9 +204,11 @@ class OptunaSweeper(Sweeper):
         return jobs
 
     def _check_configs(self) -> None:
-        """Compose the jobs of `_corner_jobs` and check their values as a run would: a key
-        that does not exist or a bound out of range fails now, in one line, not in a trial."""
-        from fmnist_lab.schema import RULES, ConfigError, check_keys, check_rules
+        """Compose the jobs of `_corner_jobs` and check them as every run's config is checked
+        (fmnist_lab.schema): a key that does not exist, a bound out of range or data that
+        cannot be read fails now, in one line, before any trial or run folder."""
+        from fmnist_lab.schema import ConfigError, check_config
+        from fmnist_lab.tasks import DataError
 
         loader = self.hydra_context.config_loader
         for job in self._corner_jobs():
@@ -219,11 +218,12 @@ class OptunaSweeper(Sweeper):
                 sys.exit(f"error: {KEY}.params: {one_line(e)} (a job of the search: "
                          f"{' '.join(job)})")
             try:
-                check_keys(composed)
-                check_rules(composed, RULES)
+                check_config(composed)
             except ConfigError as e:
                 where = f"{KEY}.params.{e.key}" if e.key in self.space else e.key
                 sys.exit(f"error: {where}: {e} (a job of the search: {' '.join(job)})")
+            except DataError as e:
+                sys.exit(f"error: {e}")
 
     def _overrides(self, params: dict[str, Any]) -> list[str]:
         from hydra.core.override_parser.types import Override
