@@ -1,7 +1,5 @@
-"""`hydra/sweeper=optuna` (`hparams_search=optuna`): a search on optuna >= 4's ask-and-tell API.
-
-(Hydra takes plugins only from hydra_plugins and imports them at every start-up: optuna and
-the project's modules are imported inside the methods.)
+"""`hydra/sweeper=optuna` (`hparams_search=optuna`): a search on optuna >= 4's ask-and-tell API
+(optuna and the project imported inside the methods: Hydra imports plugins at every start-up).
 
 The surface is hydra-optuna-sweeper's: `n_trials`, `n_jobs`, `direction`, `study_name`,
 `storage`, `sampler` and `pruner` as `_target_`s, and `params` in Hydra's sweep syntax
