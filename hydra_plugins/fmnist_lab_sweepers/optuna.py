@@ -79,6 +79,7 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        import optuna
         from hydra.core.plugins import Plugins
 
         self.config = config
@@ -88,7 +89,8 @@ class OptunaSweeper(Sweeper):
                                          "BaseSampler", "optuna.samplers.TPESampler")
         # No pruner: nothing is pruned (optuna's own default would be its MedianPruner).
         self.pruner = (self._instantiate("pruner", self.pruner_cfg, "pruners", "BasePruner",
-                                         "optuna.pruners.MedianPruner") or nop_pruner())
+                                         "optuna.pruners.MedianPruner")
+                       or optuna.pruners.NopPruner())
         self.space, self.fixed = self._search_space(
             OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         self._check_configs()
@@ -460,12 +462,6 @@ class OptunaSweeper(Sweeper):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def nop_pruner() -> Any:
-    import optuna
-
-    return optuna.pruners.NopPruner()
 
 
 def one_line(e: Any) -> str:
