@@ -44,11 +44,11 @@ train: setup
 # first), then one report over all of it: STUDY_DIR/EXPERIMENT/seed_S/JOB. A configuration
 # and seed is trained once: the others reuse it (reuse_runs_in). A run that fails does not
 # stop the others; the exit code says so at the end. Re-running with the same STUDY_DIR
-# skips finished runs and resumes interrupted ones. The study trains in bf16-mixed on a GPU or
-# a CPU with bf16 instructions (nearly twice as fast as fp32 there), else in fp32: CPUs
-# without them emulate bf16 about 9x slower than fp32 (docs/performance.md).
-PRECISION ?= $(shell (command -v nvidia-smi || grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo) \
-	>/dev/null 2>&1 && echo bf16-mixed || echo 32-true)
+# skips finished runs and resumes interrupted ones. fp32 unless PRECISION says otherwise
+# (bf16-mixed on a GPU, or a CPU with bf16 instructions: docs/performance.md): the precision
+# is part of a run's identity, so a study continues in the one it was recorded in
+# (results/study: fp32), whatever the machine that continues it.
+PRECISION ?= 32-true
 # JOBS sweeps side by side, each training one run at a time with cores/JOBS torch threads
 # (xargs -P): on the project's 2-core CPUs two one-thread runs train 28% more images a second
 # than one run with two threads. Whole sweeps rather than one sweep's jobs side by side, so no
