@@ -74,7 +74,10 @@ class TaskSetting:
 
     @property
     def seeds(self) -> list[Any]:
-        return sorted({r.result.get("seed") for c in self.cells for r in c.runs}, key=str)
+        """The seeds every value has run (a record part-way through has some values at
+        more seeds than others): what the regret's values are compared at."""
+        by_cell = [{r.result.get("seed") for r in c.runs} for c in self.cells if c.runs]
+        return sorted(set.intersection(*by_cell), key=str) if by_cell else []
 
     def best(self) -> Cell | None:
         """The candidate with the best mean validation accuracy."""

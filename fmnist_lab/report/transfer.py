@@ -107,7 +107,7 @@ def _seed_accuracies(setting: TaskSetting, key: str, chance: float) -> np.ndarra
     table = np.full((len(setting.cells), len(seeds)), chance)
     for i, cell in enumerate(setting.cells):
         for run in cell.runs:
-            if run.result.get("status") == "completed":
+            if run.result.get("status") == "completed" and run.result.get("seed") in seeds:
                 value = run.epoch_metric("val_acc", True) if key == "val_acc" else \
                     run.result.get(key)
                 table[i, seeds.index(run.result.get("seed"))] = value
