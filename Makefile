@@ -50,8 +50,8 @@ train: setup
 # (results/study: fp32), whatever the machine that continues it.
 PRECISION ?= 32-true
 # JOBS sweeps side by side, each training one run at a time with cores/JOBS torch threads
-# (xargs -P): on the project's 2-core CPUs two one-thread runs train 28% more images a second
-# than one run with two threads. Whole sweeps rather than one sweep's jobs side by side, so no
+# (xargs -P): on a CPU, one-thread runs side by side train more images a second in all than
+# one run with every thread (docs/performance.md). Whole sweeps rather than one sweep's jobs side by side, so no
 # core idles while a sweep's last run finishes. A run two sweeps share (the default config) is
 # trained by the first to reach it; the other waits for it, then reuses it (claim_config).
 # One at a time where there is a GPU, which one run keeps busy.

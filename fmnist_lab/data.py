@@ -3,8 +3,9 @@
 The data module reads the task's source once per process (fmnist_lab.tasks), carves the
 validation split (or the K folds) out of its training images, takes the training subset,
 moves each split to the training device once per run, and slices batches out of it by index.
-Keeping uint8 images on the device and slicing them is what makes the MLP train ~10x faster
-than a torchvision Dataset + DataLoader + per-image PIL pipeline.
+Keeping uint8 images on the device and slicing them, instead of a torchvision Dataset +
+DataLoader + per-image PIL pipeline, is where the MLP's speed comes from
+(docs/performance.md has the numbers).
 
 The splits depend on `data.split_seed` alone, never on a run's seed: every run of a task,
 whatever its seed or setting, validates on the same images and trains on the same ones.
