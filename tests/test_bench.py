@@ -12,7 +12,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from fmnist_lab import bench, tasks
 from fmnist_lab.models import study_models
 from fmnist_lab.run import build_datamodule, build_module, train
-from fmnist_lab.schema import ConfigError, check_config
+from fmnist_lab.schema import BENCH_METHODS, ConfigError, check_config
 from tests.conftest import TINY, compose_config, make_cfg, run_cli
 
 MLP = ("model=three_fc", "optimizer.lr=0.05", "trainer.max_epochs=2")
@@ -206,8 +206,8 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     assert [r["model"] for r in report["results"]] == ["three_fc", "one_conv_two_fc"]
     for row in report["results"]:
         windows = row["windows"]
-        assert all(len(windows[m]) == 2 and min(windows[m]) > 0 for m in bench.METHODS)
-        assert all(row[m] == pytest.approx(sum(windows[m]) / 2) for m in bench.METHODS)
+        assert all(len(windows[m]) == 2 and min(windows[m]) > 0 for m in BENCH_METHODS)
+        assert all(row[m] == pytest.approx(sum(windows[m]) / 2) for m in BENCH_METHODS)
         raw_ratios = [a / b for a, b in zip(windows["lightning"], windows["raw"], strict=True)]
         assert row["lightning_over_raw"] == pytest.approx(sum(raw_ratios) / 2)
         assert row["lightning_over_seed"] == bench.paired_ratio(windows, "lightning", "seed")
