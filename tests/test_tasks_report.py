@@ -1,9 +1,12 @@
 """The tasks section's verdict rule on made-up runs: an optimum that moves, one that stays,
-and two values that tie on validation where the verdict must be inconclusive."""
+and two values that tie on validation where the verdict must be inconclusive; and the
+committed record, results/tasks: every run once, and a report that regenerates exactly."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from fmnist_lab.report.runs import load_runs
 from fmnist_lab.report.stats import holm
 from fmnist_lab.report.tasks import all_regrets, group_tasks
 from fmnist_lab.report.transfer import DELTA
-from tests.conftest import PNG_SIGNATURE
+from tests.conftest import PNG_SIGNATURE, ROOT
 
 IMAGES = 1000  # validation and test images a made-up task evaluates on
 BASELINE = {"optimizer.lr": 0.01, "data.batch_size": 128, "init": "default",
@@ -122,3 +125,37 @@ def test_the_front_pages_verdict_table_is_regenerated_from_the_record(record: Pa
     assert len(rows) == 1 and "`0.1` +11" in rows[0] and "moves" in rows[0]
     assert "| old |" not in text and text.endswith("End.\n")
     assert not update_readme(readme, record)  # already current
+
+
+TASKS = ROOT / "results" / "tasks"
+# The record's tasks: their training images and output width (fmnist_55k's runs are
+# results/study's, reused, recorded before results.json carried num_classes).
+TRAIN_IMAGES = {"fmnist_55k": (55_000, None), "fmnist_5k": (5000, 10), "fmnist_1k": (1000, 10),
+                "fmnist_5k_noisy": (5000, 10), "fmnist_5k_7px": (5000, 10),
+                "fmnist_5k_upper": (5000, 4), "digits": (1079, 10)}
+
+
+def test_the_committed_tasks_record_holds_every_run_once():
+    runs = [json.loads(p.read_text()) for p in TASKS.rglob("results.json")]
+    trained = [r["run_key"] for r in runs if not r.get("reused_from")]
+    assert len(trained) == len(set(trained)), "a configuration and seed trained twice"
+    assert all(r["status"] in ("completed", "diverged") for r in runs)
+    # Fifteen configurations (the baseline and fourteen values moved one at a time) a seed:
+    # seeds 0-2 on each of the seven tasks, the control's seeds 3-5 on fmnist_1k.
+    count = Counter((r["config"]["name"], r["choices"]["task"], r["seed"]) for r in runs)
+    expected = {("tasks", task, seed): 15 for task in TRAIN_IMAGES for seed in (0, 1, 2)}
+    expected |= {("tasks_control", "fmnist_1k", seed): 15 for seed in (3, 4, 5)}
+    assert dict(count) == expected
+    for r in runs:
+        task = r["choices"]["task"]
+        assert (r["train_images"], r.get("num_classes")) == TRAIN_IMAGES[task]
+        assert bool(r.get("reused_from")) == (task == "fmnist_55k")
+
+
+@pytest.mark.slow  # bootstraps every task's verdicts
+def test_the_committed_tasks_record_regenerates_its_report_exactly(tmp_path):
+    copy = tmp_path / "tasks"
+    shutil.copytree(TASKS, copy)
+    (copy / "report.md").unlink()
+    write_report(copy)
+    assert (copy / "report.md").read_text() == (TASKS / "report.md").read_text()
