@@ -51,6 +51,8 @@ class History(pl.Callback):
         self.train_seconds = 0.0
         self.val_seconds = 0.0
         self.train_images = 0
+        self.resumed_after: int | None = None  # epochs a checkpoint brought back
+        self.carried_seconds = 0.0  # their train and validate seconds, from earlier sittings
 
     def _now(self, module: pl.LightningModule) -> float:
         if module.device.type == "cuda":  # time the GPU's work, not the launch queue
@@ -97,6 +99,8 @@ class History(pl.Callback):
         self.train_seconds = state["train_seconds"]
         self.val_seconds = state.get("val_seconds", 0.0)  # checkpoints of older code lack it
         self.train_images = state["train_images"]
+        self.resumed_after = len(self.epochs)
+        self.carried_seconds = self.train_seconds + self.val_seconds
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
@@ -202,7 +206,8 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         test_seconds = time.perf_counter() - test_started
         device = trainer.strategy.root_device
     config = OmegaConf.to_container(cfg, resolve=True)
-    total = time.perf_counter() - started
+    # A resumed run's total adds its earlier sittings' epochs, as its train and validate do.
+    total = time.perf_counter() - started + history.carried_seconds
     spent = {"data": datamodule.prepare_seconds, "train": history.train_seconds,
              "validate": history.val_seconds, "test": test_seconds}
     outcome = {
@@ -211,6 +216,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "num_classes": datamodule.num_classes,
         "diverged_epoch": module.diverged_epoch,
         **({"pruned_epoch": pruned_epoch} if pruned_epoch else {}),
+        **({"resumed_after_epoch": history.resumed_after} if history.resumed_after else {}),
         "history": history.epochs,
         "test_loss": test.get("test/loss"),
         "test_acc": test.get("test/acc"),
@@ -221,9 +227,9 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "val_images": datamodule.num_images("val"),
         "test_images": datamodule.num_images("test"),
         "predictions": PREDICTIONS_FILE if completed else None,
-        # This process's seconds on the run, by phase; "other" is the rest (building the
-        # trainer and network, checkpoints, Lightning's hooks). A resumed run counts its
-        # past epochs' train and validate seconds, not their other costs.
+        # The run's seconds by phase; "other" is the rest (building the trainer and network,
+        # checkpoints, Lightning's hooks). A resumed run counts its earlier sittings' train
+        # and validate seconds, not their other costs.
         "seconds": {**{k: round(v, 3) for k, v in spent.items()},
                     "other": round(total - sum(spent.values()), 3), "total": round(total, 3)},
     }

@@ -211,6 +211,11 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, cfg_factory):
     assert without_clocks(straight) == without_clocks(resumed)
     assert resumed["test_acc"] == straight["test_acc"]
     assert resumed["train_images"] == straight["train_images"]
+    # It says where it resumed, and its seconds count both sittings' epochs: no phase exceeds
+    # the total (the report spans it by its epochs on the wall clock, not as one stretch).
+    assert resumed["resumed_after_epoch"] == 1 and "resumed_after_epoch" not in straight
+    seconds = resumed["seconds"]
+    assert seconds["other"] >= 0 and seconds["train"] + seconds["validate"] < seconds["total"]
 
 
 @pytest.mark.slow

@@ -14,15 +14,24 @@ from fmnist_lab.report.tables import markdown_table
 
 def run_span(run: Run) -> tuple[float, float] | None:
     """When the whole run ran, from entering training to its results (set-up, every epoch,
-    the test pass), for runs that record their seconds by phase; None for older runs."""
+    the test pass), for runs that record their seconds by phase in one sitting; None for
+    older runs and resumed ones (their epochs give their spans)."""
     seconds = run.result.get("seconds")
     ended = run.history[-1].get("ended") if run.history else None
-    if not isinstance(seconds, dict) or not isinstance(ended, str):
+    if not isinstance(seconds, dict) or not isinstance(ended, str) or resumed(run):
         return None
     last = datetime.fromisoformat(ended).timestamp()
     test = finite(seconds.get("test")) or 0.0
     total = finite(seconds.get("total")) or 0.0
     return last - (total - test), last + test
+
+
+def resumed(run: Run) -> bool:
+    """Whether the run was cut off and resumed: it says so, or (recorded by earlier code) its
+    phases add up to more than its total, which counted the last sitting only."""
+    seconds = run.result.get("seconds")
+    return bool(run.result.get("resumed_after_epoch")) or (
+        isinstance(seconds, dict) and (finite(seconds.get("other")) or 0.0) < 0)
 
 
 def epoch_spans(run: Run) -> list[tuple[float, float]]:
@@ -106,7 +115,9 @@ def phase_table(runs: list[Run]) -> list[str]:
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         seconds = run.result.get("seconds")
-        if isinstance(seconds, dict) and run.result.get("status") == "completed":
+        # Left out: resumed runs recorded by earlier code, whose total missed earlier sittings.
+        if (isinstance(seconds, dict) and run.result.get("status") == "completed"
+                and (finite(seconds.get("other")) or 0.0) >= 0):
             by_group[str(run.params.get("task") or run.experiment)].append(seconds)
     if not by_group:
         return []
