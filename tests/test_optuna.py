@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,4 +324,19 @@ def test_two_searches_side_by_side_say_what_pruning_saved(tmp_path):
     assert rows[0].startswith("| `median` | MedianPruner | 30 min | 3 / 1 |")
     assert rows[1].startswith("| `none` | NopPruner | 1 h 00 min | 3 / 1 |")
     assert "88.10 ± 0.10 %" in rows[0] and "90.00 ± 0.00 % (seeds 0, 1, 2)" in rows[0]
-    assert "Pruning saved 50 % of the wall time" in md and "earns its place" in md
+    epochs = len(fake_result("optuna", {"optimizer.lr": 0.01}, 0)["history"])
+    assert [row.split("|")[5].strip() for row in rows[:2]] == [str(epochs)] * 2
+    assert "Pruning saved 50 % of the wall time and 0 % of the epochs" in md
+    assert "earns its place" in md
+
+
+@pytest.mark.slow  # reads both searches' journals and computes their importances
+def test_the_committed_search_record_regenerates_its_report_exactly(tmp_path):
+    record = ROOT / "results" / "search"
+    copy = tmp_path / "search"
+    shutil.copytree(record, copy)
+    (copy / "report.md").unlink()
+    write_report(copy)
+    assert (copy / "report.md").read_text() == (record / "report.md").read_text()
+    journals = sorted(p.relative_to(record).as_posix() for p in record.rglob(JOURNAL))
+    assert journals == ["median/optuna.journal", "none/optuna.journal"]

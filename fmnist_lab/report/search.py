@@ -195,23 +195,27 @@ def search_comparison(root: Path, runs: list[Run]) -> str | None:
         retrained = [r for r in inside if _below(r.path, folder / BEST_FOLDER)
                      and r.result.get("status") == "completed"]
         wall = union_seconds([s for s in map(run_span, trials) if s])
+        # Epochs trained: what pruning saves, whatever else the machine was doing meanwhile.
+        epochs = sum(len(r.history) for r in trials)
         val = mean_std([r.epoch_metric("val_acc", True) for r in retrained])
         test = mean_std([r.result.get("test_acc") for r in retrained])
         pruner = _pruner(folder)
-        summary[pruner] = (wall, val)
+        summary[pruner] = (wall, val, epochs)
         seeds = ", ".join(str(r.result.get("seed")) for r in
                           sorted(retrained, key=lambda r: str(r.result.get("seed"))))
         rows.append([f"`{relative(folder, root)}`", pruner, duration(wall) if wall else "—",
                      f"{counts['complete']} / {counts['pruned']}" + (
                          f" ({counts['fail']} failed)" if counts["fail"] else ""),
+                     str(epochs),
                      f"{best.value * 100:.2f} % (trial {best.number})" if best else "—",
                      f"{cell(*val[:2], 100, 2)} %" if val[0] is not None else "—",
                      f"{cell(*test[:2], 100, 2)} % (seeds {seeds})" if test[0] is not None
                      else "—"])
     verdict = _pruning_verdict(summary)
     if verdict:
-        rows.append(["**pruning**", verdict, "", "", "", "", ""])
+        rows.append(["**pruning**", verdict, "", "", "", "", "", ""])
     return markdown_table(["search", "pruner", "wall time", "trials completed / pruned",
+                           "epochs trained",
                            "best trial's validation acc", "best config: validation acc",
                            "best config: test acc"], rows)
 
@@ -231,7 +235,7 @@ def _pruner(folder: Path) -> str:
         return folder.name
 
 
-def _pruning_verdict(summary: dict[str, tuple[float, tuple]]) -> str:
+def _pruning_verdict(summary: dict[str, tuple[float, tuple, int]]) -> str:
     """Pruning earns its place where it saves at least a third of the unpruned search's wall
     time and its best configuration's validation accuracy lies within noise of the unpruned
     one's (the two seed-to-seed stds combined)."""
@@ -242,9 +246,11 @@ def _pruning_verdict(summary: dict[str, tuple[float, tuple]]) -> str:
         return ""
     saved = 1 - pruned[0] / plain[0]
     (m1, s1, _), (m2, s2, _) = pruned[1], plain[1]
+    fewer = 1 - pruned[2] / plain[2] if plain[2] else 0.0
     gap, noise = (m1 - m2) * 100, math.hypot(s1 or 0.0, s2 or 0.0) * 100
     earns = saved >= 1 / 3 and abs(gap) <= noise
-    return (f"Pruning saved {saved * 100:.0f} % of the wall time; its best configuration's "
+    return (f"Pruning saved {saved * 100:.0f} % of the wall time and {fewer * 100:.0f} % of "
+            "the epochs trained; its best configuration's "
             f"validation accuracy is {gap:+.2f} points from the unpruned search's (combined "
             f"seed-to-seed std {noise:.2f}): pruning "
             + ("earns its place (at least a third saved, within noise)." if earns else
