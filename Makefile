@@ -51,8 +51,8 @@ train: setup
 PRECISION ?= 32-true
 # JOBS sweeps side by side, each training one run at a time with cores/JOBS torch threads
 # (xargs -P): on a CPU, one-thread runs side by side train more images a second in all than
-# one run with every thread (docs/performance.md). Whole sweeps rather than one sweep's jobs side by side, so no
-# core idles while a sweep's last run finishes. A run two sweeps share (the default config) is
+# one run with every thread (docs/performance.md). Whole sweeps rather than one sweep's jobs
+# side by side, so no core idles while a sweep's last run finishes. A run two sweeps share (the default config) is
 # trained by the first to reach it; the other waits for it, then reuses it (claim_config).
 # One at a time where there is a GPU, which one run keeps busy.
 JOBS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 2)
@@ -97,7 +97,8 @@ STUDY_RECORD ?= results/study
 # What pruning saves (SEARCH_DIR): the same search of SEARCH_TRIALS trials twice, same sampler
 # seed, on fmnist_5k (5,000 training images, 10 epochs), once with median pruning and once
 # with none, side by side (one lane each: the same machine load for both), then each search's
-# best configuration trained at seeds 0-2 (seed 0 is its trial, reused) for its test accuracy.
+# best configuration trained at seeds 0-2 (seed 0 is its trial, reused; where both searches
+# find the same configuration, its seeds train once for both) for its test accuracy.
 # Re-running with the same SEARCH_DIR continues each search and skips finished runs.
 SEARCH_DIR ?= results/search
 SEARCH_TRIALS ?= 40
@@ -110,7 +111,7 @@ search: setup
 	    data.channels_last=true $(STUDY_ARGS) $(ARGS)' || status=1; \
 	printf 'median\nnone\n' | xargs -P $(JOBS) -I @ sh -c 'eval "$(PY) -m fmnist_lab.train -m \
 	    $$($(PY) -m fmnist_lab.search best $(SEARCH_DIR)/@) name=best_@ seed=0,1,2 \
-	    hydra.sweep.dir=$(SEARCH_DIR)/@/best reuse_runs_in=$(SEARCH_DIR)/@ \
+	    hydra.sweep.dir=$(SEARCH_DIR)/@/best reuse_runs_in=$(SEARCH_DIR) \
 	    data.channels_last=true $(STUDY_ARGS) $(ARGS)"' || status=1; \
 	$(PY) -m fmnist_lab.report $(SEARCH_DIR) || status=1; \
 	exit $$status

@@ -298,6 +298,15 @@ def test_make_dashboard_runs_the_dashboard_on_the_folder():
                      proc.stdout)
 
 
+def test_make_search_retrains_a_best_configuration_both_searches_found_once():
+    # The best runs reuse what either search trained: a configuration both found trains its
+    # seeds once (the runs sharing it wait for the first, claim_config).
+    proc = subprocess.run(["make", "-n", "-o", "setup", "search", "SEARCH_DIR=outputs/s"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "hydra.sweep.dir=outputs/s/@/best reuse_runs_in=outputs/s " in proc.stdout
+
+
 def test_two_searches_side_by_side_say_what_pruning_saved(tmp_path):
     """A pruned and an unpruned search (made up, as make search lays them out): wall time from
     their runs' clocks, trials by state, and each best configuration retrained at 3 seeds."""

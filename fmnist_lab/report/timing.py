@@ -29,9 +29,13 @@ def run_span(run: Run) -> tuple[float, float] | None:
 def resumed(run: Run) -> bool:
     """Whether the run was cut off and resumed: it says so, or (recorded by earlier code) its
     phases add up to more than its total, which counted the last sitting only."""
+    return bool(run.result.get("resumed_after_epoch")) or not phases_add_up(run)
+
+
+def phases_add_up(run: Run) -> bool:
+    """Whether the run's seconds by phase fit in its total (no negative rest)."""
     seconds = run.result.get("seconds")
-    return bool(run.result.get("resumed_after_epoch")) or (
-        isinstance(seconds, dict) and (finite(seconds.get("other")) or 0.0) < 0)
+    return not isinstance(seconds, dict) or (finite(seconds.get("other")) or 0.0) >= 0
 
 
 def epoch_spans(run: Run) -> list[tuple[float, float]]:
@@ -116,8 +120,8 @@ def phase_table(runs: list[Run]) -> list[str]:
     for run in runs:
         seconds = run.result.get("seconds")
         # Left out: resumed runs recorded by earlier code, whose total missed earlier sittings.
-        if (isinstance(seconds, dict) and run.result.get("status") == "completed"
-                and (finite(seconds.get("other")) or 0.0) >= 0):
+        if isinstance(seconds, dict) and run.result.get("status") == "completed" \
+                and phases_add_up(run):
             by_group[str(run.params.get("task") or run.experiment)].append(seconds)
     if not by_group:
         return []
