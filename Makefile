@@ -1,4 +1,4 @@
-# make setup | train | test | test-fast | study | tasks | search | bench | tensorboard | dashboard
+# make setup | train | test | test-fast | study | tasks | budget | search | bench | tensorboard | dashboard
 # | lint | clean
 # `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
 # package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
@@ -16,7 +16,7 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
-.PHONY: setup data train test test-fast study tasks search bench tensorboard dashboard lint clean
+.PHONY: setup data train test test-fast study tasks budget search bench tensorboard dashboard lint clean
 
 setup: $(STAMP) data
 
@@ -93,6 +93,25 @@ tasks: setup
 	$(PY) -m fmnist_lab.report $(TASKS_DIR) || status=1; \
 	exit $$status
 STUDY_RECORD ?= results/study
+
+# Data or steps? (experiment=budget) into BUDGET_DIR: one sweep of the five learning rates per
+# task, step budget and seed, BUDGET_DIR/TASK/steps_N/seed_S/JOB, seed 0 of every cell first
+# and the longest budgets first within a seed (JOBS lanes as in make study). Re-running with
+# the same BUDGET_DIR skips finished runs and resumes the others mid-budget.
+BUDGET_DIR ?= results/budget
+BUDGET_TASKS ?= fmnist_55k fmnist_5k fmnist_1k
+BUDGET_STEPS ?= 2000 400 80
+BUDGET_SEEDS ?= 0,1,2
+budget: setup
+	@status=0; \
+	for s in $$(echo $(BUDGET_SEEDS) | tr , ' '); do for n in $(BUDGET_STEPS); do \
+	  for t in $(BUDGET_TASKS); do echo "$$t $$n $$s"; done; done; done | \
+	  xargs -P $(JOBS) -L 1 sh -c '$(PY) -m fmnist_lab.train experiment=budget task=$$0 \
+	    trainer.max_steps=$$1 seed=$$2 data.channels_last=true \
+	    hydra.sweep.dir=$(BUDGET_DIR)/$$0/steps_$$1/seed_$$2 reuse_runs_in=$(BUDGET_DIR) \
+	    $(STUDY_ARGS) $(ARGS)' || status=1; \
+	$(PY) -m fmnist_lab.report $(BUDGET_DIR) || status=1; \
+	exit $$status
 
 # What pruning saves (SEARCH_DIR): the same search of SEARCH_TRIALS trials twice, same sampler
 # seed, on fmnist_5k (5,000 training images, 10 epochs), once with median pruning and once

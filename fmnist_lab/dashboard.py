@@ -1,7 +1,8 @@
 """What TensorBoard shows of a run: its curves first, and its row in HParams.
 
 - `EpochLogger`: Lightning's TensorBoard logger with the epoch on the x axis (1, 2, ... as in
-  results.json's history) instead of a chart of Lightning's epoch counter.
+  results.json's history), or the optimizer step under a step budget, instead of a chart of
+  Lightning's epoch counter.
 - `CURVES`: the Custom Scalars layout: train and validation together, one chart for the loss,
   one for the accuracy.
 - `log_hparams`: the run's row in the HParams tab (`hparams_row`): the config groups by the
@@ -11,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -21,7 +22,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist_lab.keys import IMPLIED_CHOICES, LAUNCH_GROUPS, PLUMBING, STUDY_KEYS
+from fmnist_lab.keys import IMPLIED, IMPLIED_CHOICES, LAUNCH_GROUPS, PLUMBING, STUDY_KEYS
 from fmnist_lab.results import flatten
 
 # SummaryWriter.add_custom_scalars' format: {category: {chart: ["Multiline", [tag regexes]]}}.
@@ -41,14 +42,22 @@ _TYPES = {bool: api_pb2.DATA_TYPE_BOOL, int: api_pb2.DATA_TYPE_FLOAT64,
 
 
 class EpochLogger(TensorBoardLogger):
-    """Lightning's TensorBoardLogger, with the epoch as the x axis of every scalar."""
+    """Lightning's TensorBoardLogger, with the epoch as the x axis of every scalar; with
+    `step_of` set (a step budget's run), the optimizer step it returns."""
+
+    step_of: Callable[[], int] | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         # Lightning adds its 0-based `epoch` to every call; logged, it was TensorBoard's first
         # chart. As x: 1, 2, ... (test numbers, logged after fit counted its last epoch: N + 1).
+        # Lightning's own step counts its batches, groups of optimizer steps here.
         metrics = dict(metrics)
         epoch = metrics.pop("epoch", None)
-        super().log_metrics(metrics, step if epoch is None else int(epoch) + 1)
+        if self.step_of is not None:
+            step = self.step_of()
+        elif epoch is not None:
+            step = int(epoch) + 1
+        super().log_metrics(metrics, step)
 
 
 def override_key(override: str) -> str:
@@ -67,7 +76,8 @@ def hparams_row(config: Mapping[str, Any], choices: Mapping[str, str],
     # Groups that launch runs, and trainer (one option): their choice tells no runs apart.
     row: dict[str, Any] = {g: c for g, c in choices.items()
                            if g not in LAUNCH_GROUPS | {"trainer"}}
-    row.update((k, values[k]) for k in keys if k not in PLUMBING and values.get(k) is not None)
+    row.update((k, values[k]) for k in keys if k not in PLUMBING and values.get(k) is not None
+               and values[k] != IMPLIED.get(k, ...) and values[k] != -1)  # -1: no limit
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in row.items()}
 
 
@@ -95,7 +105,9 @@ def log_hparams(writer: SummaryWriter, result: Mapping[str, Any]) -> None:
     # the seed's (sgd, none), so that the five columns shown hold the swept values.
     first = {"model", "init", "transforms"} | swept_keys() | {
         group for group, choice in choices.items() if IMPLIED_CHOICES.get(group, choice) != choice}
-    writer.add_scalar(DIVERGED, float(result["status"] == "diverged"), len(result["history"]))
+    history = result["history"]
+    last = history[-1].get("step", len(history)) if history else 0  # its curves' last x
+    writer.add_scalar(DIVERGED, float(result["status"] == "diverged"), last)
     experiment = api_pb2.Experiment(
         hparam_infos=[api_pb2.HParamInfo(name=k, type=_TYPES[type(v)], differs=k in first)
                       for k, v in row.items()],

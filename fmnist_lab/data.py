@@ -137,6 +137,76 @@ class BatchGroup(TensorBatches):
 
 
 @dataclass(frozen=True)
+class StepBudget:
+    """A run of exactly `steps` optimizer steps (`trainer.max_steps`) whatever the data size,
+    validated every `val_every` steps and at the last (`trainer.val_check_interval`; null:
+    ten points). Lightning's epochs are cut at the validation points: one epoch per interval,
+    so validation, checkpoints and the history fall on those steps, and a resumed run starts
+    at one of them. To Lightning the run is `intervals` epochs long: its epoch-based resume,
+    not its step-based one, which skips the hooks of the first epoch after a restart."""
+
+    steps: int
+    val_every: int
+
+    @classmethod
+    def of(cls, trainer: Any) -> StepBudget | None:
+        """The budget of a run's `trainer` config; None for an epoch-based run."""
+        steps = trainer.get("max_steps")
+        if steps is None or steps < 1 or trainer.get("max_epochs") not in (None, -1):
+            return None
+        return cls(steps, trainer.get("val_check_interval") or math.ceil(steps / 10))
+
+    @property
+    def intervals(self) -> int:
+        """Lightning's epochs: validation intervals, the last one maybe short."""
+        return math.ceil(self.steps / self.val_every)
+
+    def interval_end(self, step: int) -> int:
+        """The step that ends the validation interval `step` lies in."""
+        return min((step // self.val_every + 1) * self.val_every, self.steps)
+
+
+class StepBatches:
+    """The training batches of a step budget's interval from step `start`: the batches of
+    the epoch-based path (each data epoch shuffled by `shuffle_seed(epoch)`, its last batch
+    short), epoch after epoch, in groups of up to `group_batches` that end at a data epoch's
+    end and at the interval's end. Built anew for every interval (Lightning reloads it)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 group_batches: int, budget: StepBudget, start: int,
+                 shuffle_seed: Callable[[int], int]) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.group_batches = batch_size, group_batches
+        self.start, self.end = start, budget.interval_end(start)
+        self.shuffle_seed = shuffle_seed
+        self.steps_per_epoch = math.ceil(len(labels) / batch_size)
+
+    def _groups(self) -> Iterator[tuple[int, int, int]]:
+        """(data epoch, first batch, end batch) of every group of the interval."""
+        step = self.start
+        while step < self.end:
+            epoch, first = divmod(step, self.steps_per_epoch)
+            end = min(first + self.group_batches, self.steps_per_epoch,
+                      first + self.end - step)
+            yield epoch, first, end
+            step += end - first
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._groups())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, order_epoch = None, None
+        for epoch, first, end in self._groups():
+            if epoch != order_epoch:
+                generator = torch.Generator().manual_seed(self.shuffle_seed(epoch))
+                order = torch.randperm(len(self.labels), generator=generator).to(
+                    self.labels.device)
+                order_epoch = epoch
+            idx = order[first * self.batch_size : end * self.batch_size]
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+@dataclass(frozen=True)
 class TaskSplit:
     """Which images of a task each split takes (positions into the source's training or test
     images) and their labels for the task: relabelled by `classes`, training labels noisy."""
@@ -261,10 +331,12 @@ class TaskDataModule(pl.LightningDataModule):
         augment: nn.Module | None = None,
         channels_last: bool = False,
         group_batches: int = 1,
+        budget: StepBudget | None = None,
         **split_args: Any,
     ) -> None:
         """`split_args`: the keys of `task_split` (train_size, val_size, test_size,
-        num_folds, fold, split_seed, classes, label_noise)."""
+        num_folds, fold, split_seed, classes, label_noise). `budget`: a step budget's
+        intervals instead of whole epochs (the trainer reloads the loader every interval)."""
         super().__init__()
         self.source, self.root, self.download = source, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -276,6 +348,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.augment = augment
         self.channels_last = channels_last
         self.group_batches = group_batches
+        self.budget = budget
         self._split: TaskSplit | None = None
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.prepare_seconds = 0.0  # reading, splitting and moving the data to the device
@@ -319,11 +392,22 @@ class TaskDataModule(pl.LightningDataModule):
                                   labels.to(device))
         self.prepare_seconds += time.perf_counter() - started
 
-    def _shuffle_seed(self) -> int:
-        epoch = self.trainer.current_epoch if self.trainer else 0
+    def _shuffle_seed(self, epoch: int | None = None) -> int:
+        """The seed of a data epoch's order: the run's seed and the epoch alone."""
+        if epoch is None:
+            epoch = self.trainer.current_epoch if self.trainer else 0
         return self.seed * 1_000_003 + epoch
 
-    def train_dataloader(self) -> TensorBatches:
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps a pass over the training images takes (the last batch short)."""
+        return math.ceil(self.num_images("train") / self.batch_size)
+
+    def train_dataloader(self) -> TensorBatches | StepBatches:
+        if self.budget is not None:
+            start = self.trainer.global_step if self.trainer else 0
+            return StepBatches(*self._splits["train"], self.batch_size, self.group_batches,
+                               self.budget, start, self._shuffle_seed)
         # Slices of whole groups: split into batches again, they are exactly the batches of
         # group_batches=1 (the last one short when the batch size does not divide the data).
         return TensorBatches(*self._splits["train"], self.batch_size * self.group_batches,

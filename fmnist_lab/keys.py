@@ -43,6 +43,9 @@ IMPLIED: dict[str, Any] = {
     "data.classes": None,
     "data.label_noise": 0.0,
     "data.resolution": None,
+    # A run's length in epochs, validated after each: no step budget (fmnist_lab.data.StepBudget).
+    "trainer.max_steps": -1,
+    "trainer.val_check_interval": None,
 }
 IMPLIED_CHOICES: dict[str, str] = {"optimizer": "sgd", "scheduler": "none",
                                    "data": "fashion_mnist"}
@@ -52,7 +55,8 @@ LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 # The values a study varies: TensorBoard's HParams columns (any other key is a column where
 # the command line sets it), and what a report's table says it held fixed.
 STUDY_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay",
-              "data.batch_size", "trainer.max_epochs", "seed", "data.num_folds", "data.fold")
+              "data.batch_size", "trainer.max_epochs", "trainer.max_steps", "seed",
+              "data.num_folds", "data.fold")
 HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
               "data.batch_size", "data.train_size", "trainer.max_epochs")
 # Where a run is written, how fast it runs and what it prints: never a column.

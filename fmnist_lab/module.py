@@ -14,7 +14,6 @@ accumulate_grad_batches) do not apply (the config check rejects them).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -128,7 +127,8 @@ class Classifier(pl.LightningModule):
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.label_smoothing = label_smoothing
         self.divergence_check_every = divergence_check_every
-        self.diverged_epoch: int | None = None
+        self.diverged_epoch: int | None = None  # Lightning's epoch (1, 2, ...)
+        self.diverged_step: int | None = None  # the optimizer step whose loss was not finite
         self._logged_epoch: int | None = None
         # Sums of losses and of correct predictions, and their image counts.
         self.train_loss, self.train_acc = EpochMean(), EpochMean()
@@ -155,12 +155,14 @@ class Classifier(pl.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def total_optimizer_steps(self) -> int:
-        """Optimizer steps of the whole fit: training batches a epoch x max_epochs, or
-        max_steps when that comes first. (Lightning's estimated_stepping_batches counts
-        its batches, here groups of data.group_batches batches.)"""
+        """Optimizer steps of the whole fit: a step budget's steps (the data module's,
+        which cuts Lightning's epochs at its validation points), else training batches a
+        epoch x max_epochs, or max_steps when that comes first. (Lightning's
+        estimated_stepping_batches counts its batches, here groups of batches.)"""
         datamodule = self.trainer.datamodule
-        per_epoch = math.ceil(datamodule.num_images("train") / datamodule.batch_size)
-        total = per_epoch * self.trainer.max_epochs
+        if getattr(datamodule, "budget", None) is not None:
+            return datamodule.budget.steps
+        total = datamodule.steps_per_epoch * self.trainer.max_epochs
         max_steps = self.trainer.max_steps
         return min(total, max_steps) if max_steps >= 0 else total
 
@@ -198,7 +200,7 @@ class Classifier(pl.LightningModule):
             # The check waits for the device, so not every step; a NaN in between still
             # reaches the epoch's mean loss, which on_train_epoch_end checks.
             if step % self.divergence_check_every == 0 and not torch.isfinite(loss):
-                self._mark_diverged()
+                self._mark_diverged(step + 1)
                 break
             # Not manual_backward: it runs every callback's backward hook.
             counted_step(self.trainer, lightning_optimizer, loss, scaler)
@@ -220,11 +222,14 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         loss = self.trainer.callback_metrics.get("train/loss")
         if loss is not None and not torch.isfinite(loss):
-            self._mark_diverged()
+            self._mark_diverged(self.trainer.global_step)
 
-    def _mark_diverged(self) -> None:
+    def _mark_diverged(self, step: int) -> None:
+        """Stop: the loss of optimizer step `step` (1, 2, ..., or the last one of an epoch
+        whose mean loss is not finite) was NaN or infinite."""
         if self.diverged_epoch is None:
             self.diverged_epoch = self.current_epoch + 1
+            self.diverged_step = step
         self.trainer.should_stop = True
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
@@ -254,6 +259,8 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diverged_epoch"] = self.diverged_epoch
+        checkpoint["diverged_step"] = self.diverged_step
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.diverged_epoch = checkpoint.get("diverged_epoch")
+        self.diverged_step = checkpoint.get("diverged_step")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fmnist_lab.dashboard import CURVES, EpochLogger, log_hparams
-from fmnist_lab.data import TaskDataModule
+from fmnist_lab.data import StepBudget, TaskDataModule
 from fmnist_lab.models import init_weights, model_name, num_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.pruning import trial_pruning
@@ -44,14 +44,17 @@ log = logging.getLogger("fmnist_lab")
 
 
 class History(pl.Callback):
-    """Per-epoch metrics and timings, kept in checkpoints so a resumed run keeps its past."""
+    """Metrics and timings at every validation, kept in checkpoints so a resumed run keeps
+    its past: per epoch, or under a step budget per validation point, keyed by the step
+    with the (fractional) epoch beside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_step: bool = False) -> None:
+        self.by_step = by_step
         self.epochs: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.val_seconds = 0.0
         self.train_images = 0
-        self.resumed_after: int | None = None  # epochs a checkpoint brought back
+        self.resumed_after: int | None = None  # epochs (or steps) a checkpoint brought back
         self.carried_seconds = 0.0  # their train and validate seconds, from earlier sittings
 
     def _now(self, module: pl.LightningModule) -> float:
@@ -77,7 +80,12 @@ class History(pl.Callback):
         self.val_seconds += end - train_end
         self.train_images += self._images
         metrics = trainer.callback_metrics
-        entry = {"epoch": trainer.current_epoch + 1}
+        if self.by_step:
+            step = trainer.global_step
+            entry = {"step": step,
+                     "epoch": round(step / trainer.datamodule.steps_per_epoch, 4)}
+        else:
+            entry = {"epoch": trainer.current_epoch + 1}
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
             if key in metrics:
                 entry[key.replace("/", "_")] = float(metrics[key])
@@ -99,7 +107,8 @@ class History(pl.Callback):
         self.train_seconds = state["train_seconds"]
         self.val_seconds = state.get("val_seconds", 0.0)  # checkpoints of older code lack it
         self.train_images = state["train_images"]
-        self.resumed_after = len(self.epochs)
+        self.resumed_after = (self.epochs[-1]["step"] if self.by_step and self.epochs
+                              else len(self.epochs))
         self.carried_seconds = self.train_seconds + self.val_seconds
 
 
@@ -117,12 +126,23 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
     logger.experiment.add_custom_scalars(CURVES)  # first, so a run in progress has it too
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                  save_top_k=1, every_n_epochs=1)
-    return pl.Trainer(**{**cfg.trainer, **trainer_args}, logger=logger,
-                      callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()])
+    # Validation ends each of Lightning's epochs: whole epochs, or a step budget's intervals
+    # (StepBudget), whose loader is built anew for each (their group counts differ).
+    # trainer.val_check_interval counts steps here, never Lightning's batches (groups).
+    budget_args: dict[str, Any] = {"val_check_interval": None}
+    budget = StepBudget.of(cfg.trainer)
+    if budget:
+        budget_args.update(max_epochs=budget.intervals, max_steps=-1,
+                           reload_dataloaders_every_n_epochs=1)
+        logger.step_of = lambda: trainer.global_step
+    trainer = pl.Trainer(**{**cfg.trainer, **budget_args, **trainer_args}, logger=logger,
+                         callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()])
+    return trainer
 
 
 def build_datamodule(cfg: DictConfig) -> TaskDataModule:
-    return TaskDataModule(**cfg.data, seed=cfg.seed, augment=instantiate(cfg.transforms))
+    return TaskDataModule(**cfg.data, seed=cfg.seed, augment=instantiate(cfg.transforms),
+                          budget=StepBudget.of(cfg.trainer))
 
 
 def build_module(cfg: DictConfig, num_classes: int = 10) -> Classifier:
@@ -188,13 +208,14 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     if resume_from:
         log.info("resuming from %s", resume_from)
 
-    history = History()
-    pruning = trial_pruning()  # in an optuna search: report every epoch, stop when pruned
+    by_step = StepBudget.of(cfg.trainer) is not None
+    history = History(by_step)
+    pruning = trial_pruning(by_step)  # in an optuna search: report, stop when pruned
     with _gpu_of_its_own(cfg) as device_args:
         trainer = build_trainer(cfg, out_dir, [history, *filter(None, [pruning])], **device_args)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        pruned_epoch = pruning.pruned_epoch if pruning else None
-        completed = module.diverged_epoch is None and pruned_epoch is None
+        pruned_at = pruning.pruned_at if pruning else None
+        completed = module.diverged_epoch is None and pruned_at is None
         test: dict[str, float] = {}
         test_started = time.perf_counter()
         if completed:
@@ -210,13 +231,15 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
     total = time.perf_counter() - started + history.carried_seconds
     spent = {"data": datamodule.prepare_seconds, "train": history.train_seconds,
              "validate": history.val_seconds, "test": test_seconds}
+    # Where it diverged, was pruned or resumed: in epochs, or in steps under a step budget.
+    unit = "step" if by_step else "epoch"
     outcome = {
         "model": (choices or {}).get("model") or model_name(cfg.model),
         "num_params": num_params(module.net),
         "num_classes": datamodule.num_classes,
-        "diverged_epoch": module.diverged_epoch,
-        **({"pruned_epoch": pruned_epoch} if pruned_epoch else {}),
-        **({"resumed_after_epoch": history.resumed_after} if history.resumed_after else {}),
+        f"diverged_{unit}": module.diverged_step if by_step else module.diverged_epoch,
+        **({f"pruned_{unit}": pruned_at} if pruned_at else {}),
+        **({f"resumed_after_{unit}": history.resumed_after} if history.resumed_after else {}),
         "history": history.epochs,
         "test_loss": test.get("test/loss"),
         "test_acc": test.get("test/acc"),
@@ -233,7 +256,7 @@ def train(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = No
         "seconds": {**{k: round(v, 3) for k, v in spent.items()},
                     "other": round(total - sum(spent.values()), 3), "total": round(total, 3)},
     }
-    status = "pruned" if pruned_epoch else "completed" if completed else "diverged"
+    status = "pruned" if pruned_at else "completed" if completed else "diverged"
     result = record(status, config, overrides, choices, **outcome)
     log_hparams(trainer.logger.experiment, result)
     return write_results(out_dir, result)

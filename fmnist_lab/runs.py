@@ -10,7 +10,7 @@
   sweeps that run side by side and share a run train it once; the later one waits for it.
 - `hold_gpu` gives each of the runs side by side on a machine with several GPUs its own.
 - `stop_on_signals` turns Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) into
-  `Interrupted`, which `fmnist_lab.train` reports with `epochs_kept` and the command that
+  `Interrupted`, which `fmnist_lab.train` reports with `progress_kept` and the command that
   resumes the run.
 """
 
@@ -100,13 +100,15 @@ def checkpoint_to_resume(folder: Path) -> Path | None:
     return None
 
 
-def epochs_kept(folder: Path) -> int:
-    """Epochs finished in the checkpoint a rerun would resume from; 0 when there is none."""
+def progress_kept(folder: Path, unit: str = "epoch") -> int:
+    """Epochs (unit "epoch") or optimizer steps ("global_step") finished in the checkpoint a
+    rerun would resume from; 0 when there is none."""
     path = checkpoint_to_resume(folder)
     if path is None:
         return 0
-    # mmap: the epoch without reading the weights. Lightning stores the last epoch's index.
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"] + 1
+    # mmap: the count without reading the weights. Lightning stores the last epoch's index.
+    kept = torch.load(path, map_location="cpu", mmap=True, weights_only=False)[unit]
+    return kept + 1 if unit == "epoch" else kept
 
 
 class RunHeld(Exception):

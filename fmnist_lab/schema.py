@@ -78,6 +78,12 @@ def class_list(v: Any, c: DictConfig) -> bool:
             and len(set(ids)) == len(ids))
 
 
+def has_step_budget(c: DictConfig) -> bool:
+    """Whether trainer.max_steps sets a step budget (an integer >= 1)."""
+    steps = OmegaConf.select(c, "trainer.max_steps", default=None)
+    return is_int(steps) and steps >= 1
+
+
 def is_sgd(c: DictConfig) -> bool:
     return str(OmegaConf.select(c, "optimizer._target_", default="")).endswith(".SGD")
 
@@ -132,7 +138,21 @@ RULES: dict[str, Rule] = {
         lambda v, c: v is None or v == 1,
         "1: each batch is its own optimizer step; raise data.batch_size instead",
     ),
-    "trainer.max_epochs": int_at_least(1),
+    # A run's length: epochs, or a step budget (trainer.max_steps, fmnist_lab.data.StepBudget).
+    "trainer.max_steps": (lambda v, c: v == -1 or (is_int(v) and v >= 1),
+                          "an integer >= 1 (a step budget: exactly that many optimizer "
+                          "steps), or -1 for none"),
+    "trainer.max_epochs": (
+        lambda v, c: v in (None, -1) if has_step_budget(c) else is_int(v) and v >= 1,
+        "an integer >= 1, or -1 (or null) with trainer.max_steps: a run's length is given "
+        "in epochs or in steps, not both",
+    ),
+    "trainer.val_check_interval": (
+        lambda v, c: v is None or (has_step_budget(c) and is_int(v)
+                                   and 1 <= v <= c.trainer.max_steps),
+        "null (every epoch; with trainer.max_steps, ten evenly spaced steps), or with "
+        "trainer.max_steps a number of optimizer steps from 1 to trainer.max_steps",
+    ),
     # Inputs are made float32 batch by batch inside the training step, where Lightning's
     # "-true" plugins cannot convert them; mixed precision autocasts them.
     "trainer.precision": (

@@ -18,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lab.data import StepBudget
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import FINISHED, find_results, read_results, record, run_key, write_results
 from fmnist_lab.run import objective, reuse, train
@@ -25,8 +26,8 @@ from fmnist_lab.runs import (
     Interrupted,
     RunHeld,
     claim_config,
-    epochs_kept,
     hold_run,
+    progress_kept,
     stop_on_signals,
 )
 from fmnist_lab.schema import ConfigError
@@ -35,15 +36,19 @@ from fmnist_lab.tasks import DataError
 
 
 def _summary(result: dict, out_dir: Path) -> str:
+    unit = "step" if "diverged_step" in result else "epoch"  # a step budget's run, or not
     if result["status"] == "diverged":
-        return (f"{result['model']}: diverged in epoch {result['diverged_epoch']} "
+        return (f"{result['model']}: diverged in {unit} {result[f'diverged_{unit}']} "
                 f"(non-finite loss) -> {out_dir}")
     if result["status"] == "pruned":
-        return (f"{result['model']}: pruned by the search after epoch {result['pruned_epoch']}"
-                f" (validation accuracy {result['history'][-1]['val_acc']:.4f}) -> {out_dir}")
+        return (f"{result['model']}: pruned by the search after {unit} "
+                f"{result[f'pruned_{unit}']} (validation accuracy "
+                f"{result['history'][-1]['val_acc']:.4f}) -> {out_dir}")
     speed = result["train_images_per_second"]
+    length = (f"{result['history'][-1]['step']} steps" if unit == "step"
+              else f"{len(result['history'])} epochs")
     return (f"{result['model']}: test accuracy {result['test_acc']:.4f}, test loss "
-            f"{result['test_loss']:.4f} after {len(result['history'])} epochs "
+            f"{result['test_loss']:.4f} after {length} "
             f"({speed:.0f} train images/s on {result['device']}) -> {out_dir}")
 
 
@@ -142,14 +147,24 @@ def _interrupted(stop: Interrupted, cfg: DictConfig, hydra_cfg: DictConfig, out_
                if Path(sys.argv[0]).resolve() == Path(__file__).resolve()
                else f"the same command with {key}={folder}")  # a launcher's job process
     checkpoints = out_dir / "checkpoints"
-    done, total = epochs_kept(checkpoints), cfg.trainer.max_epochs
-    if done == 0:
-        where = "before any epoch finished"
-    elif done >= total:
-        where = f"while testing: all {total} epochs are kept in {checkpoints}"
+    budget = StepBudget.of(cfg.trainer)
+    if budget:
+        done, total = progress_kept(checkpoints, "global_step"), budget.steps
+        if done == 0:
+            where = f"before step {budget.interval_end(0)}, its first validation"
+        elif done >= total:
+            where = f"while testing: all {total} steps are kept in {checkpoints}"
+        else:
+            where = f"in step {done + 1} of {total}: steps 1-{done} are kept in {checkpoints}"
     else:
-        epochs = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
-        where = f"in epoch {done + 1} of {total}: {epochs} kept in {checkpoints}"
+        done, total = progress_kept(checkpoints, "epoch"), cfg.trainer.max_epochs
+        if done == 0:
+            where = "before any epoch finished"
+        elif done >= total:
+            where = f"while testing: all {total} epochs are kept in {checkpoints}"
+        else:
+            epochs = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+            where = f"in epoch {done + 1} of {total}: {epochs} kept in {checkpoints}"
     run = f" in run {out_dir.name}" if multirun else ""
     message = f"interrupted by {stop}{run} {where}. To resume: {command}"
     if multirun:
