@@ -58,7 +58,7 @@ from fmnist_lab.module import Classifier, optimizer_step, quiet_lightning
 from fmnist_lab.results import write_json_atomic
 from fmnist_lab.run import History, build_datamodule, build_module, build_trainer, machine
 from fmnist_lab.schema import BENCH_METHODS, ConfigError
-from fmnist_lab.tasks import DataError
+from fmnist_lab.sources import DataError
 
 log = logging.getLogger("fmnist_lab")
 

@@ -35,13 +35,13 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from fmnist_lab.data import stratified_holdout
+from fmnist_lab.faults import checkpoint_to_resume
 from fmnist_lab.models import StudyNet, build_model, model_config, model_name, model_names
 from fmnist_lab.module import quiet_lightning
 from fmnist_lab.results import read_results, write_json_atomic, write_text_atomic
-from fmnist_lab.runs import checkpoint_to_resume
 from fmnist_lab.schema import ConfigError
 from fmnist_lab.similarity import correlation_stats, linear_cka
-from fmnist_lab.tasks import DataError, load_source
+from fmnist_lab.sources import DataError, load_source
 from fmnist_lab.transforms import normalize, to_unit_float
 
 matplotlib.use("Agg")  # files only: runs on machines without a display

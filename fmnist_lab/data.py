@@ -1,6 +1,6 @@
 """Splits, folds and batches: how a task's images reach the network.
 
-The data module reads the task's source once per process (fmnist_lab.tasks), carves the
+The data module reads the task's source once per process (fmnist_lab.sources), carves the
 validation split (or the K folds) out of its training images, takes the training subset,
 moves each split to the training device once per run, and slices batches out of it by index.
 Keeping uint8 images on the device and slicing them, instead of a torchvision Dataset +
@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from fmnist_lab.tasks import (
+from fmnist_lab.sources import (
     DataError,
     Source,
     find_data_root,

@@ -38,7 +38,7 @@ IMPLIED: dict[str, Any] = {
     "optimizer._partial_": True,
     # scheduler=none adds no key. Label smoothing 0 is plain cross-entropy.
     "loss.label_smoothing": 0.0,
-    # The task axis (data=, fmnist_lab/tasks.py): Fashion-MNIST as it is.
+    # The task axis (data=, fmnist_lab/sources.py): Fashion-MNIST as it is.
     "data.source": "fashion_mnist",
     "data.classes": None,
     "data.label_noise": 0.0,

@@ -26,8 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fmnist_lab.dashboard import CURVES, EpochLogger, log_hparams
 from fmnist_lab.data import StepBudget, TaskDataModule
+from fmnist_lab.faults import AtomicCheckpointIO, checkpoint_to_resume, hold_gpu
 from fmnist_lab.models import init_weights, model_name, num_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.pruning import trial_pruning
@@ -38,7 +38,7 @@ from fmnist_lab.results import (
     run_key,
     write_results,
 )
-from fmnist_lab.runs import AtomicCheckpointIO, checkpoint_to_resume, hold_gpu
+from fmnist_lab.tensorboard_logging import CURVES, EpochLogger, log_hparams
 
 log = logging.getLogger("fmnist_lab")
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist_lab.data import TaskDataModule
 from fmnist_lab.models import NORMS, model_names
-from fmnist_lab.tasks import SOURCES
+from fmnist_lab.sources import SOURCES
 
 
 class ConfigError(ValueError):

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from fmnist_lab.keys import constant_keys, swept_keys_declared
 from fmnist_lab.results import read_statuses
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.tasks import DataError
+from fmnist_lab.sources import DataError
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:

@@ -19,10 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lab.data import StepBudget
-from fmnist_lab.module import quiet_lightning
-from fmnist_lab.results import FINISHED, find_results, read_results, record, run_key, write_results
-from fmnist_lab.run import objective, reuse, train
-from fmnist_lab.runs import (
+from fmnist_lab.faults import (
     Interrupted,
     RunHeld,
     claim_config,
@@ -30,9 +27,12 @@ from fmnist_lab.runs import (
     progress_kept,
     stop_on_signals,
 )
+from fmnist_lab.module import quiet_lightning
+from fmnist_lab.results import FINISHED, find_results, read_results, record, run_key, write_results
+from fmnist_lab.run import objective, reuse, train
 from fmnist_lab.schema import ConfigError
+from fmnist_lab.sources import DataError
 from fmnist_lab.sweep import threads_per_job
-from fmnist_lab.tasks import DataError
 
 
 def _summary(result: dict, out_dir: Path) -> str:

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_lab.tasks import FILES, find_data_root  # noqa: E402
+from fmnist_lab.sources import FILES, find_data_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from fmnist_lab import bench, tasks
+from fmnist_lab import bench, sources
 from fmnist_lab.models import study_models
 from fmnist_lab.run import build_datamodule, build_module, train
 from fmnist_lab.schema import BENCH_METHODS, ConfigError, check_config
@@ -118,9 +118,9 @@ def test_compile_must_be_a_boolean():
 @pytest.mark.slow
 def test_runs_in_one_process_read_the_data_files_once(tmp_path, monkeypatch):
     reads = []
-    read_idx = tasks.read_idx
-    monkeypatch.setattr(tasks, "_SOURCES", {})
-    monkeypatch.setattr(tasks, "read_idx", lambda *args: reads.append(args[0]) or read_idx(*args))
+    read_idx = sources.read_idx
+    monkeypatch.setattr(sources, "_SOURCES", {})
+    monkeypatch.setattr(sources, "read_idx", lambda *args: reads.append(args[0]) or read_idx(*args))
     for seed in (0, 1):
         result = train(make_cfg("model=three_fc", f"seed={seed}"), tmp_path / str(seed))
         assert result["status"] == "completed"
@@ -167,7 +167,7 @@ def test_paired_ratio_is_the_median_of_each_rounds_ratio():
 def test_seed_style_transforms_are_torchvisions_per_image(transforms, first):
     compose_ = bench.seed_transform(bench_cfg(f"transforms={transforms}").transforms)
     assert type(compose_.transforms[0]).__name__ == first
-    x = compose_(Image.fromarray(tasks.load_source("fashion_mnist").train_images[0].numpy()))
+    x = compose_(Image.fromarray(sources.load_source("fashion_mnist").train_images[0].numpy()))
     assert x.shape == (1, 28, 28) and -1 <= x.min() and x.max() <= 1
 
 

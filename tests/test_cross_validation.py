@@ -8,7 +8,7 @@ import torch
 
 from fmnist_lab.data import TaskDataModule
 from fmnist_lab.run import build_module, train
-from fmnist_lab.tasks import load_source
+from fmnist_lab.sources import load_source
 from tests.conftest import TINY, run_cli
 
 

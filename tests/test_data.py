@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_lab import tasks as tasks_mod
+from fmnist_lab import sources as tasks_mod
 from fmnist_lab.data import BatchGroup, TaskDataModule, stratified_folds, stratified_holdout
-from fmnist_lab.tasks import FILES, DataError, find_data_root, load_source, read_idx, write_idx
+from fmnist_lab.sources import FILES, DataError, find_data_root, load_source, read_idx, write_idx
 
 
 def write_small_dataset(folder: Path, n_train: int = 60_000, n_test: int = 10_000,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fmnist_lab.faults import LOCK_FILE, AtomicCheckpointIO, RunHeld, hold_run
 from fmnist_lab.run import train
-from fmnist_lab.runs import LOCK_FILE, AtomicCheckpointIO, RunHeld, hold_run
 from tests.conftest import PATIENCE, ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the command line

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist_lab import runs
+from fmnist_lab import faults
+from fmnist_lab.faults import CLAIMS_DIR, claim_config
 from fmnist_lab.report import write_report
 from fmnist_lab.report.docs import README_RECORD, update_readme_tables
 from fmnist_lab.report.runs import group_sweeps, load_runs
 from fmnist_lab.results import read_results, run_key
-from fmnist_lab.runs import CLAIMS_DIR, claim_config
 from tests.conftest import PATIENCE, ROOT, TINY, compose_config, run_cli, table
 from tests.fakes import fake_result, write_sweep
 
@@ -107,7 +107,7 @@ def test_sweeps_side_by_side_train_a_shared_config_once(tmp_path: Path):
 
 def test_a_claim_is_released_refreshed_and_taken_over_when_stale(tmp_path: Path, monkeypatch):
     lock = tmp_path / CLAIMS_DIR / "k.lock"
-    monkeypatch.setattr(runs, "CLAIM_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(faults, "CLAIM_HEARTBEAT_S", 0.05)
     with claim_config(tmp_path, "k", tmp_path / "run"):
         holder = json.loads(lock.read_text())
         assert holder["pid"] == os.getpid() and holder["folder"] == str(tmp_path / "run")
@@ -121,7 +121,7 @@ def test_a_claim_is_released_refreshed_and_taken_over_when_stale(tmp_path: Path,
     # its process is taken to have died.
     lock.write_text(json.dumps({"pid": 4242, "host": "node-7", "since": "2026-01-01 00:00:00",
                                 "folder": "elsewhere"}))
-    monkeypatch.setattr(runs, "CLAIM_STALE_S", 60)
+    monkeypatch.setattr(faults, "CLAIM_STALE_S", 60)
     os.utime(lock, (time.time() - 120,) * 2)
     with claim_config(tmp_path, "k", tmp_path / "run"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()

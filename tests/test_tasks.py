@@ -14,7 +14,7 @@ from fmnist_lab.data import TaskDataModule
 from fmnist_lab.results import run_key
 from fmnist_lab.run import train
 from fmnist_lab.schema import ConfigError, check_config
-from fmnist_lab.tasks import (
+from fmnist_lab.sources import (
     FILES,
     DataError,
     flip_labels,

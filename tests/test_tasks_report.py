@@ -15,7 +15,8 @@ import pytest
 from fmnist_lab.report import write_report
 from fmnist_lab.report.runs import load_runs
 from fmnist_lab.report.stats import holm
-from fmnist_lab.report.tasks import all_regrets, group_tasks
+from fmnist_lab.report.task_runs import group_tasks
+from fmnist_lab.report.tasks import all_regrets
 from fmnist_lab.report.transfer import DELTA
 from tests.conftest import PNG_SIGNATURE, ROOT
 

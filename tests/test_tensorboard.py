@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import (
     list_session_groups,
 )
 
-from fmnist_lab.dashboard import METRICS, hparams_row
+from fmnist_lab.tensorboard_logging import METRICS, hparams_row
 from tests.conftest import TINY, make_cfg, run_cli
 
 # Constant overrides (TINY's and these) stay out of the names; lr=10 diverges.

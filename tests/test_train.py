@@ -165,7 +165,7 @@ def test_models_run_on_gpu_when_asked(tmp_path, cfg_factory):
 def test_runs_side_by_side_on_a_machine_with_several_gpus_each_get_their_own(
         tmp_path, cfg_factory, monkeypatch, caplog):
     from fmnist_lab import run as train_module
-    from fmnist_lab.runs import hold_gpu
+    from fmnist_lab.faults import hold_gpu
 
     def held_by(pid: int, *indices: int) -> None:
         for i in indices:

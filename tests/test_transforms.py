@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fmnist_lab.tasks import load_source
+from fmnist_lab.sources import load_source
 from fmnist_lab.transforms import (
     ColorJitter,
     RandomHorizontalFlip,

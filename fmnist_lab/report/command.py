@@ -24,7 +24,7 @@ from fmnist_lab.report.tables import (
     sweep_table,
     write_csv,
 )
-from fmnist_lab.report.tasks import EXPERIMENTS as TASK_EXPERIMENTS
+from fmnist_lab.report.task_runs import EXPERIMENTS as TASK_EXPERIMENTS
 from fmnist_lab.report.tasks import tasks_section
 from fmnist_lab.report.timing import time_section
 from fmnist_lab.results import RESULTS_FILE

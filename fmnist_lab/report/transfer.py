@@ -8,15 +8,13 @@ resampled on the same images: the differences are paired.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fmnist_lab.report.runs import Run, value_key
 from fmnist_lab.report.stats import holm, mean_std
-
-if TYPE_CHECKING:
-    from fmnist_lab.report.tasks import TaskSetting
+from fmnist_lab.report.task_runs import TaskSetting
 
 # Fixed before any task run was looked at: the smallest difference of two 3-seed means that a
 # two-sided 5 % test detects with 80 % power, at results/study's pooled seed-to-seed std of

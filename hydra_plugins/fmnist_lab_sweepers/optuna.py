@@ -208,7 +208,7 @@ class OptunaSweeper(Sweeper):
         (fmnist_lab.schema): a key that does not exist, a bound out of range or data that
         cannot be read fails now, in one line, before any trial or run folder."""
         from fmnist_lab.schema import ConfigError, check_config
-        from fmnist_lab.tasks import DataError
+        from fmnist_lab.sources import DataError
 
         loader = self.hydra_context.config_loader
         for job in self._corner_jobs():
