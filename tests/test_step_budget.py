@@ -183,3 +183,23 @@ def test_a_bad_budget_stops_the_command_before_any_folder(tmp_path):
     assert proc.stderr.strip().startswith("error: trainer.val_check_interval=50 is not allowed")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_of_budgets_is_named_and_reported_by_its_steps(tmp_path):
+    proc = run_cli("fmnist_lab.train", "-m", *TINY, *BUDGET, "trainer.max_steps=20,40",
+                   "trainer.val_check_interval=10", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "after 40 steps" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "0_trainer.max_steps=20", "1_trainer.max_steps=40"]
+    report = run_cli("fmnist_lab.report", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "report.md").read_text()
+    assert "| trainer.max_steps |" in md and "train loss step 10" in md
+    assert "val acc % last step" in md
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert "steps" in header and "diverged_step" in header
+    import csv
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert sorted(r["steps"] for r in rows) == ["20", "40"]

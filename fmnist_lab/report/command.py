@@ -60,7 +60,8 @@ def sweep_section(sweep: Sweep, root: Path, figure: Path,
 
 def write_report(root: Path, log_y: bool = False, tasks_root: Path | None = None) -> Report:
     """Read every run below `root`; write report.md, results.csv and the figures into it.
-    `tasks_root`: a tasks record that the budget runs' repeated cells are checked against."""
+    `tasks_root`: a tasks record, fmnist_55k's runs for tasks runs without them and what the
+    budget runs' repeated cells are checked against."""
     if not root.exists():
         raise ReportError(f"{root} does not exist")
     if not root.is_dir():
@@ -80,7 +81,7 @@ def write_report(root: Path, log_y: bool = False, tasks_root: Path | None = None
           "accuracies in %; `ep 1` is the first epoch and `ep N` the last; seconds is the mean "
           "run time. Every run is listed in `results.csv`.", ""]
     figures, summary = [], []
-    tasks_md, tasks_figures = tasks_section(runs, root)
+    tasks_md, tasks_figures = tasks_section(runs, root, tasks_root)
     md += tasks_md
     figures += tasks_figures
     budget_md, budget_figures = budget_section(runs, root, tasks_root)
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also regenerate the table after each line of FILE that names an "
                              "experiment as (record: `NAME`...): the seed's numbers beside ours")
     parser.add_argument("--tasks", type=Path, metavar="DIR",
-                        help="a tasks record (results/tasks) to set the budget record's cells "
-                             "that repeat its protocol beside")
+                        help="a tasks record (results/tasks): fmnist_55k's runs for a tasks "
+                             "sweep that lacks them, and what the budget record's cells that "
+                             "repeat its protocol are checked against")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.dir, log_y=args.log_y, tasks_root=args.tasks)
