@@ -155,3 +155,16 @@ def test_the_section_answers_with_tables_figures_and_the_tasks_check(falling, tm
     assert "## budget:" not in md  # no generic sweep table besides the section
     # The same runs give the same report, byte for byte.
     assert write_report(falling, tasks_root=tasks).markdown.read_text() == md
+
+
+def test_the_front_pages_budget_tables_are_regenerated_from_the_record(falling, tmp_path):
+    from fmnist_lab.report.docs import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nlr* (record: `budget`):\n\n| training images |\n|---|\n| old |\n"
+                      "\n| effect |\n|---|\n| old |\n\nEnd.\n")
+    assert update_readme(readme, falling)
+    text = readme.read_text()
+    assert "| old |" not in text and text.endswith("\n\nEnd.\n")
+    assert "| 55,000 images | 0.1 [" in text and "**steps effect** (across 25×)" in text
+    assert not update_readme(readme, falling)  # already current, both tables
