@@ -1,7 +1,5 @@
 """fmnist-lab: a Fashion-MNIST hyperparameter study, reproduced with Hydra and Lightning."""
 
-from omegaconf import OmegaConf
-
 
 def epochs_unless_steps(epochs: int, max_steps: object) -> object:
     """conf/trainer's max_epochs: `epochs`, or -1 (no epoch limit) where trainer.max_steps
@@ -12,5 +10,11 @@ def epochs_unless_steps(epochs: int, max_steps: object) -> object:
 
 
 # Registered wherever the package is imported: every process that resolves a run's config
-# (the command line, a sweep's or a SLURM job's process, the tests) imports it first.
-OmegaConf.register_new_resolver("epochs_unless_steps", epochs_unless_steps, replace=True)
+# (the command line, a sweep's or a SLURM job's process, the tests) imports it first. The
+# report reads finished runs without OmegaConf (or torch), so it may be missing there.
+try:
+    from omegaconf import OmegaConf
+except ImportError:
+    pass
+else:
+    OmegaConf.register_new_resolver("epochs_unless_steps", epochs_unless_steps, replace=True)
