@@ -74,7 +74,7 @@ def _correct(run: Run) -> dict[str, np.ndarray] | None:
                 for split in ("val", "test")}
 
 
-def _accuracy_table(setting: TaskSetting, split: str, chance: float
+def accuracy_table(setting: TaskSetting, split: str, chance: float
                     ) -> tuple[np.ndarray, list[int]] | None:
     """(values x seeds x images) correctness of `split`, and the candidate values' rows; a
     run that diverged scores chance on every image (as a fraction: its expected accuracy)."""
@@ -120,8 +120,8 @@ def transfer_regret(setting: TaskSetting, reference: TaskSetting,
     chance = 1 / max(2, setting.cells[0].runs[0].result.get("num_classes") or 10)
     ref_val = _seed_accuracies(reference, "val_acc", 0.0)
     ref_ok = [i for i, c in enumerate(reference.cells) if c.candidate]
-    val = _accuracy_table(setting, "val", chance)
-    test = _accuracy_table(setting, "test", chance)
+    val = accuracy_table(setting, "val", chance)
+    test = accuracy_table(setting, "test", chance)
     if val is None or test is None or not ref_ok:
         return None
     (val, candidates), (test, _) = val, test

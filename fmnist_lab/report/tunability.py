@@ -31,8 +31,8 @@ from fmnist_lab.report.transfer import (
     DELTA,
     RESAMPLES,
     Regret,
-    _accuracy_table,
     _seed_accuracies,
+    accuracy_table,
 )
 
 
@@ -74,7 +74,7 @@ def _task(setting: TaskSetting) -> _Task | None:
     if not setting.cells or not setting.seeds:
         return None
     chance = 1 / max(2, setting.cells[0].runs[0].result.get("num_classes") or 10)
-    val, test = _accuracy_table(setting, "val", chance), _accuracy_table(setting, "test", chance)
+    val, test = accuracy_table(setting, "val", chance), accuracy_table(setting, "test", chance)
     by_image = val is not None and test is not None
     if by_image:
         (val, candidates), (test, _) = val, test
