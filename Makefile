@@ -96,7 +96,8 @@ STUDY_RECORD ?= results/study
 
 # Data or steps? (experiment=budget) into BUDGET_DIR: one sweep of the five learning rates per
 # task, step budget and seed, BUDGET_DIR/TASK/steps_N/seed_S/JOB, seed 0 of every cell first
-# and the longest budgets first within a seed (JOBS lanes as in make study). Re-running with
+# and the longest budgets first within a seed (JOBS lanes as in make study), then its report,
+# whose cells that repeat the tasks protocol are set beside TASKS_DIR's runs. Re-running with
 # the same BUDGET_DIR skips finished runs and resumes the others mid-budget.
 BUDGET_DIR ?= results/budget
 BUDGET_TASKS ?= fmnist_55k fmnist_5k fmnist_1k
@@ -110,7 +111,7 @@ budget: setup
 	    trainer.max_steps=$$1 seed=$$2 data.channels_last=true \
 	    hydra.sweep.dir=$(BUDGET_DIR)/$$0/steps_$$1/seed_$$2 reuse_runs_in=$(BUDGET_DIR) \
 	    $(STUDY_ARGS) $(ARGS)' || status=1; \
-	$(PY) -m fmnist_lab.report $(BUDGET_DIR) || status=1; \
+	$(PY) -m fmnist_lab.report $(BUDGET_DIR) --tasks $(TASKS_DIR) || status=1; \
 	exit $$status
 
 # What pruning saves (SEARCH_DIR): the same search of SEARCH_TRIALS trials twice, same sampler

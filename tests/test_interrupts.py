@@ -161,6 +161,25 @@ def test_ctrl_c_stops_a_run_with_what_is_kept_and_the_command_that_resumes(tmp_p
     assert [e["epoch"] for e in results(run_dir)["history"]] == list(range(1, 11))
 
 
+def test_ctrl_c_in_a_step_budget_says_which_steps_are_kept(tmp_path, start):
+    args = [*FAST, "trainer.max_epochs=-1", "trainer.max_steps=400",
+            "trainer.val_check_interval=20"]
+    log = tmp_path / "first.log"
+    proc = start(args, log, cwd=tmp_path)
+    last = wait_for("outputs/runs/train/*/checkpoints/last.ckpt", tmp_path, proc, log)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=PATIENCE) == 130, log.read_text()
+    output = log.read_text()
+    [line] = [line for line in output.splitlines() if line.startswith("interrupted by")]
+    kept = torch.load(last, weights_only=False)["global_step"]
+    assert kept % 20 == 0 and line.startswith(
+        f"interrupted by SIGINT in step {kept + 1} of 400: steps 1-{kept} are kept in ")
+    again = run_cli("fmnist_lab.train", *resume_command(output), cwd=tmp_path, env=CODE)
+    assert again.returncode == 0, again.stderr
+    run_dir = last.parent.parent
+    assert [e["step"] for e in results(run_dir)["history"]] == list(range(20, 401, 20))
+
+
 def test_sigterm_stops_a_sweep_naming_finished_runs_and_the_same_command_resumes(tmp_path, start):
     args = ["-m", *FAST, "trainer.max_epochs=1,10"]
     log = tmp_path / "first.log"

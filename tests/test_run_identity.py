@@ -26,7 +26,8 @@ def test_new_keys_at_their_defaults_leave_a_runs_identity_unchanged(overrides):
     assert run_key(OmegaConf.to_container(cfg, resolve=True)) == RECORDED_KEYS[overrides]
 
 
-@pytest.mark.parametrize("change", ["model.dropout=0.25", "model.norm=batch"])
+@pytest.mark.parametrize("change", ["model.dropout=0.25", "model.norm=batch",
+                                    "trainer.max_steps=400"])
 def test_a_new_key_away_from_its_default_is_another_run(change):
     cfg = compose_config("config", change)
     assert run_key(OmegaConf.to_container(cfg, resolve=True)) != RECORDED_KEYS[""]

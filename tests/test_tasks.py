@@ -3,6 +3,7 @@ change the task (classes, label_noise, resolution), their checks, and experiment
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,43 @@ def test_make_tasks_runs_the_tasks_and_the_control_then_continues_without_retrai
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already completed") + again.stdout.count(
         "already diverged") == 30  # every run found: nothing trained twice
+
+
+@pytest.mark.slow
+def test_a_task_of_ones_own_runs_and_is_described_by_its_own_runs(tmp_path):
+    # A task file outside the repository (hydra.searchpath), changed again on the command
+    # line, trained for one epoch: the report names it by both, reads its length and steps
+    # off its runs, says that fmnist_55k's runs are missing, then borrows the committed
+    # record's and says that they ran another length.
+    conf = tmp_path / "conf" / "task"
+    conf.mkdir(parents=True)
+    (conf / "blurry_shoes.yaml").write_text(
+        "# @package _global_\n# Three kinds of shoe at 14x14.\n"
+        "data:\n  train_size: 300\n  classes: [5, 7, 9]\n  resolution: 14\n")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("fmnist_lab.train", "experiment=tasks", "task=blurry_shoes", "seed=0",
+                   f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data.label_noise=0.1",
+                   "data.val_size=300", "data.test_size=300", "trainer.max_epochs=1",
+                   "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
+    assert len(results) == 15 and {r["num_classes"] for r in results} == {3}
+    name = "blurry_shoes (data.label_noise=0.1, data.val_size=300, data.test_size=300)"
+
+    report = run_cli("fmnist_lab.report", str(sweep))
+    assert report.returncode == 0, report.stderr
+    md = (sweep / "report.md").read_text()
+    assert f"1 tasks ({name})" in md and "1 epoch;" in md
+    assert f"(batch 128: 3 steps on {name})" in md  # 300 images in batches of 128, 1 epoch
+    assert "10 epochs" not in md and "4,300" not in md  # nothing from the tasks record
+    assert "**No verdicts yet**" in md and "--tasks results/tasks" in md
+
+    report = run_cli("fmnist_lab.report", str(sweep), "--tasks", "results/tasks")
+    assert report.returncode == 0, report.stderr
+    md = (sweep / "report.md").read_text()
+    assert "fmnist_55k's runs, the reference of every regret, are results/tasks's" in md
+    assert "They ran 10 epochs where these tasks ran 1 epoch" in md
+    verdicts = md.split("### Verdicts")[1].split("###")[0]
+    row = next(line for line in verdicts.splitlines() if line.startswith("| learning rate"))
+    assert any(v in row for v in ("moves", "stays", "inconclusive"))

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist_lab.report.budget import EXPERIMENT as BUDGET_EXPERIMENT
+from fmnist_lab.report.budget import budget_section
 from fmnist_lab.report.cross_validation import cross_validation_section
 from fmnist_lab.report.docs import update_readme
 from fmnist_lab.report.figures import file_name, plot_losses
@@ -56,8 +58,10 @@ def sweep_section(sweep: Sweep, root: Path, figure: Path,
                  f"![{sweep.name}: loss against epoch]({figure.name})", ""]
 
 
-def write_report(root: Path, log_y: bool = False) -> Report:
-    """Read every run below `root`; write report.md, results.csv and the figures into it."""
+def write_report(root: Path, log_y: bool = False, tasks_root: Path | None = None) -> Report:
+    """Read every run below `root`; write report.md, results.csv and the figures into it.
+    `tasks_root`: a tasks record, fmnist_55k's runs for tasks runs without them and what the
+    budget runs' repeated cells are checked against."""
     if not root.exists():
         raise ReportError(f"{root} does not exist")
     if not root.is_dir():
@@ -79,11 +83,14 @@ def write_report(root: Path, log_y: bool = False) -> Report:
           "accuracies in %; `ep 1` is the first epoch and `ep N` the last; seconds is the mean "
           "run time. Every run is listed in `results.csv`.", ""]
     figures, summary = [], []
-    tasks_md, tasks_figures = tasks_section(runs, root)
+    tasks_md, tasks_figures = tasks_section(runs, root, tasks_root)
     md += tasks_md
     figures += tasks_figures
+    budget_md, budget_figures = budget_section(runs, root, tasks_root)
+    md += budget_md
+    figures += budget_figures
     for sweep in sweeps:
-        if sweep.name in TASK_EXPERIMENTS:  # its own section above, not a table per task
+        if sweep.name in (*TASK_EXPERIMENTS, BUDGET_EXPERIMENT):  # their own sections above
             summary.append(f"{sweep.name}: {len(sweep.runs)} runs, see its section")
             continue
         figure = plot_losses(sweep, root / f"{file_name(sweep.name)}_loss.png", log_y)
@@ -115,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, metavar="FILE",
                         help="also regenerate the table after each line of FILE that names an "
                              "experiment as (record: `NAME`...): the seed's numbers beside ours")
+    parser.add_argument("--tasks", type=Path, metavar="DIR",
+                        help="a tasks record (results/tasks): fmnist_55k's runs for a tasks "
+                             "sweep that lacks them, and what the budget record's cells that "
+                             "repeat its protocol are checked against")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.dir, log_y=args.log_y)
+        report = write_report(args.dir, log_y=args.log_y, tasks_root=args.tasks)
         changed = update_readme(args.readme, args.dir) if args.readme is not None else None
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

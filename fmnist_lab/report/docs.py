@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fmnist_lab.report.budget import budget_answer
 from fmnist_lab.report.runs import ReportError, Row, Sweep, group_sweeps, load_runs
 from fmnist_lab.report.search import search_comparison
 from fmnist_lab.report.stats import mean_std
@@ -113,14 +114,16 @@ def compare_readme_table(summary: dict[str, Any]) -> str:
 
 def update_readme_tables(text: str, sweeps: list[Sweep],
                          compare: dict[str, Any] | None = None,
-                         tasks: str | None = None, search: str | None = None) -> str:
+                         tasks: str | None = None, search: str | None = None,
+                         budget: str | None = None) -> str:
     """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
     `sweeps` ("(record: `compare`": from `compare`, a compare.json; "(record: `tasks`": the
-    `tasks` verdict table; "(record: `search`": the searches side by side); a table of an
-    experiment neither recorded nor in the seed is left alone."""
+    `tasks` verdict table; "(record: `search`": the searches side by side; "(record:
+    `budget`": lr* by data and steps, then the two effects); a table of an experiment
+    neither recorded nor in the seed is left alone."""
     by_name = {sweep.name: sweep for sweep in sweeps}
     made = {"compare": compare_readme_table(compare) if compare else None, "tasks": tasks,
-            "search": search}
+            "search": search, "budget": budget}
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -138,7 +141,14 @@ def update_readme_tables(text: str, sweeps: list[Sweep],
         end = i
         while end < len(lines) and lines[end].startswith("|"):
             end += 1
-        if end > i:  # the table: replaced whole, its first header cell kept for a new one
+        # The table: replaced whole (a made table may be two, a blank line between them),
+        # its first header cell kept for a new one.
+        while (found[1] in made and end + 1 < len(lines) and lines[end] == ""
+               and lines[end + 1].startswith("|")):
+            end += 1
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+        if end > i:
             key_header = lines[i].strip("|").split("|")[0].strip()
             table = made.get(found[1]) or seed_comparison_table(
                 found[1], by_name.get(found[1]), key_header)
@@ -160,7 +170,7 @@ def update_readme(readme: Path, root: Path) -> bool:
     compare = json.loads(found[0].read_text()) if found else None
     runs = load_runs(root)
     updated = update_readme_tables(text, group_sweeps(runs, root), compare, tasks_verdicts(runs),
-                                   search_comparison(root, runs))
+                                   search_comparison(root, runs), budget_answer(runs))
     if updated != text:
         write_text_atomic(readme, updated)
     return updated != text

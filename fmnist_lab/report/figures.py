@@ -32,9 +32,10 @@ def file_name(name: str) -> str:
 
 
 def _curves(runs: list[Run], key: str, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over runs per epoch, as the tables compute them (stats.mean_std); a
-    diverged run adds only its finite epochs; where one run is left, no band (std 0)."""
-    stats = [mean_std([next((e.get(key) for e in run.history if e.get("epoch") == epoch), None)
+    """Mean and std over runs per epoch (or step), as the tables compute them
+    (stats.mean_std); a diverged run adds only its finite epochs; where one run is left, no
+    band (std 0)."""
+    stats = [mean_std([next((e.get(key) for e in run.history if e.get(run.unit) == epoch), None)
                        for run in runs]) for epoch in epochs]
     mean = np.array([np.nan if m is None else m for m, _, _ in stats])
     std = np.array([0.0 if s is None else s for _, s, _ in stats])
@@ -60,7 +61,9 @@ def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    epochs = np.array(sorted({e["epoch"] for r in sweep.runs for e in r.history if "epoch" in e}))
+    # The x axis: epochs, or optimizer steps where the runs had a step budget.
+    unit = next((r.unit for r in sweep.runs if r.history), "epoch")
+    epochs = np.array(sorted({e[unit] for r in sweep.runs for e in r.history if unit in e}))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     colors = plt.get_cmap("tab10" if len(sweep.rows) <= 10 else "tab20").colors
     handles = {}  # one legend for both panels, keyed by label
@@ -89,7 +92,7 @@ def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
         if log:
             ax.set_yscale("log")
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer step" if unit == "step" else "epoch")
         ax.set_ylabel("cross-entropy loss" + (" (log scale)" if log else ""))
         if 0 < len(epochs) <= 20:
             ax.set_xticks(epochs)
@@ -107,7 +110,7 @@ def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper",
                    title=", ".join(sweep.keys) or None)
     by = f"{len(sweep.keys)} parameters" if many else ", ".join(sweep.keys) or "run"
-    fig.suptitle(f"{sweep.name}: loss against epoch by {by} ({band_text(sweep)})"
+    fig.suptitle(f"{sweep.name}: loss against {unit} by {by} ({band_text(sweep)})"
                  + (f"\n{len(sweep.rows)} configurations, one colour each; the section's table "
                     "names them" if many else ""))
     fig.savefig(path, dpi=120)

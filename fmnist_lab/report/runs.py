@@ -45,17 +45,23 @@ class Run:
     def status(self) -> str:
         """As recorded, except that a completed run that ended at chance is "collapsed"."""
         status = str(self.result.get("status", "unknown"))
-        return "collapsed" if status == "completed" and self.collapsed_epoch else status
+        return "collapsed" if status == "completed" and self.collapsed_at else status
 
     @property
-    def collapsed_epoch(self) -> int | None:
-        """The epoch from which validation accuracy stayed at chance to the end, where that
-        is two epochs or more (after one epoch a slow start looks the same)."""
+    def unit(self) -> str:
+        """What the run's history is keyed by: "step" for a step budget's run (validated at
+        step points), else "epoch"."""
+        return "step" if self.history and "step" in self.history[0] else "epoch"
+
+    @property
+    def collapsed_at(self) -> int | None:
+        """The epoch (or step) from which validation accuracy stayed at chance to the end,
+        where that is two validations or more (after one a slow start looks the same)."""
         chance = 1 / (self.result.get("num_classes") or 10) + CHANCE_MARGIN
         streak: list[int] = []
         for entry in self.history:
             acc = finite(entry.get("val_acc"))
-            streak = streak + [entry.get("epoch")] if acc is None or acc <= chance else []
+            streak = streak + [entry.get(self.unit)] if acc is None or acc <= chance else []
         return streak[0] if len(streak) >= 2 else None
 
     @property

@@ -35,12 +35,13 @@ def status_cell(row: Row) -> str:
     for status, count in counts.items():
         text = status if len(row.runs) == 1 else f"{count} {status}"
         if status in ("diverged", "collapsed", "pruned"):
-            epochs = sorted({r.result.get(f"{status}_epoch") if status != "collapsed"
-                             else r.collapsed_epoch for r in row.runs if r.status == status}
-                            - {None})
-            if epochs:
-                plural = "s" if len(epochs) > 1 else ""
-                text += f" (epoch{plural} {', '.join(map(str, epochs))})"
+            stopped = [r for r in row.runs if r.status == status]
+            unit = stopped[0].unit  # epochs, or a step budget's steps
+            at = sorted({r.result.get(f"{status}_{unit}") if status != "collapsed"
+                         else r.collapsed_at for r in stopped} - {None})
+            if at:
+                plural = "s" if len(at) > 1 else ""
+                text += f" ({unit}{plural} {', '.join(map(str, at))})"
         parts.append(text)
     return ", ".join(parts)
 
@@ -66,18 +67,33 @@ class Column:
 
 
 def last_epoch_label(sweep: Sweep) -> str:
-    """"ep 10" when the sweep's runs trained to the same epoch, else "last ep"."""
-    lengths = {len(r.history) for r in sweep.runs if r.status in ("completed", "collapsed")}
+    """"ep 10" when the sweep's runs trained to the same epoch, else "last ep"; for step
+    budgets "step 400" when they share their last step, else "last step"."""
+    trained = [r for r in sweep.runs if r.status in ("completed", "collapsed")]
+    if trained and trained[0].unit == "step":
+        ends = {r.history[-1].get("step") for r in trained}
+        return f"step {ends.pop()}" if len(ends) == 1 else "last step"
+    lengths = {len(r.history) for r in trained}
     return f"ep {lengths.pop()}" if len(lengths) == 1 else "last ep"
 
 
+def first_epoch_label(sweep: Sweep) -> str:
+    """"ep 1", or a step budget's first validation step ("step 40", else "first step")."""
+    trained = [r for r in sweep.runs if r.status in ("completed", "collapsed")]
+    if trained and trained[0].unit == "step":
+        starts = {r.history[0].get("step") for r in trained}
+        return f"step {starts.pop()}" if len(starts) == 1 else "first step"
+    return "ep 1"
+
+
 def metric_columns(sweep: Sweep, acc_name: str = "val acc") -> list[Column]:
-    """Epoch-1 and last-epoch train loss, val loss and accuracy, then test accuracy.
+    """First and last validation's train loss, val loss and accuracy (epoch 1 and the last
+    epoch, or a step budget's first and last validation steps), then test accuracy.
 
     One-epoch runs get one column per metric: epoch 1 is their last.
     """
-    last = last_epoch_label(sweep)
-    epochs = [(False, "ep 1"), (True, last)] if last != "ep 1" else [(True, "ep 1")]
+    first, last = first_epoch_label(sweep), last_epoch_label(sweep)
+    epochs = [(False, first), (True, last)] if last != first else [(True, first)]
     columns = [Column(f"{name} {when}", key, is_last, scale, digits)
                for name, key, scale, digits in (("train loss", "train_loss", 1, 4),
                                                 ("val loss", "val_loss", 1, 4),
@@ -216,6 +232,9 @@ RUN_COLUMNS = ["path", "experiment", "status", "seed", "model", "init", "transfo
                "test_images", "overrides"]
 
 
+STEP_COLUMNS = ["steps", "diverged_step"]  # where any run had a step budget
+
+
 def csv_row(run: Run, root: Path) -> dict[str, Any]:
     """One run: its metrics, then every config value under its dotted key."""
     r = run.result
@@ -232,6 +251,10 @@ def csv_row(run: Run, root: Path) -> dict[str, Any]:
             row[f"{when}_{key}"] = run.epoch_metric(key, last)
     for key in ("train_images_per_second", "device", "train_images", "val_images", "test_images"):
         row[key] = r.get(key)
+    if run.unit == "step":  # a step budget's run: its length in steps, epochs as a fraction
+        row.update(steps=run.history[-1].get("step") if run.history else None,
+                   diverged_step=r.get("diverged_step"),
+                   epochs=run.history[-1].get("epoch") if run.history else 0)
     for key, value in flatten(r.get("config") or {}).items():
         row.setdefault(key, json.dumps(value) if isinstance(value, list | dict) else value)
     return row
@@ -239,9 +262,11 @@ def csv_row(run: Run, root: Path) -> dict[str, Any]:
 
 def write_csv(runs: list[Run], root: Path, path: Path) -> Path:
     rows = [csv_row(run, root) for run in runs]
-    config_columns = sorted({k for row in rows for k in row} - set(RUN_COLUMNS))
+    steps = STEP_COLUMNS if any(run.unit == "step" for run in runs) else []
+    config_columns = sorted({k for row in rows for k in row} - set(RUN_COLUMNS) - set(steps))
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS + config_columns, restval="")
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS + steps + config_columns,
+                                restval="")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     return path

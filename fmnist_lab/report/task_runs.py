@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmnist_lab.keys import BOOKKEEPING, SPEED_SWITCHES
 from fmnist_lab.report.runs import MULTIRUN_FILE, Run, value_key
 from fmnist_lab.report.stats import mean_std
 
@@ -80,11 +81,51 @@ class TaskSetting:
 
 
 def task_of(run: Run) -> str | None:
-    """The task a run of experiment=tasks or tasks_control belongs to; None for others."""
+    """The task a run of experiment=tasks or tasks_control belongs to; None for others. A
+    run whose command line changed the data of the task it names is another task, named by
+    both: `fmnist_5k (data.train_size=500, data.classes=[1,5,7,9])`."""
     if run.experiment not in EXPERIMENTS:
         return None
+    if run.experiment == "tasks_control":
+        return CONTROL
     task = str(run.params.get("task"))
-    return CONTROL if run.experiment == "tasks_control" else task
+    changed = data_overrides(run)
+    return f"{task} ({', '.join(changed)})" if changed else task
+
+
+def data_overrides(run: Run) -> list[str]:
+    """The data keys a run's command line set beyond its task's file: neither a setting the
+    sweep moves nor bookkeeping or a speed switch (data.channels_last)."""
+    changed = []
+    for override in run.result.get("overrides") or []:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if (key.startswith("data.") and key not in SETTINGS and key not in BOOKKEEPING
+                and key not in SPEED_SWITCHES):
+            changed.append(override.lstrip("+"))
+    return changed
+
+
+def run_length(run: Run) -> str:
+    """"10 epochs", or a step budget's "400 steps", from the run's config."""
+    steps = run.params.get("trainer.max_steps")
+    if isinstance(steps, int) and steps >= 1:
+        return f"{steps:,} steps"
+    epochs = run.params.get("trainer.max_epochs")
+    if not isinstance(epochs, int):
+        return "an unrecorded length"
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}"
+
+
+def optimizer_steps(run: Run) -> int | None:
+    """The optimizer steps a run trains: its step budget, or its epochs' batches."""
+    steps = run.params.get("trainer.max_steps")
+    if isinstance(steps, int) and steps >= 1:
+        return steps
+    images, batch = run.result.get("train_images"), run.params.get("data.batch_size")
+    epochs = run.params.get("trainer.max_epochs")
+    if not images or not batch or not isinstance(epochs, int):
+        return None
+    return math.ceil(images / batch) * epochs
 
 
 def baseline_values(runs: list[Run]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_lab.report.figures import pyplot
-from fmnist_lab.report.runs import Run, format_value, value_key
+from fmnist_lab.report.runs import Run, format_value, load_runs, value_key
 from fmnist_lab.report.stats import spearman
 from fmnist_lab.report.tables import markdown_table
 from fmnist_lab.report.task_runs import (
@@ -27,7 +27,11 @@ from fmnist_lab.report.task_runs import (
     SETTINGS,
     Cell,
     TaskSetting,
+    baseline_values,
     group_tasks,
+    optimizer_steps,
+    run_length,
+    task_of,
 )
 from fmnist_lab.report.transfer import (
     BOOTSTRAP_SEED,
@@ -273,19 +277,98 @@ def batch_size_line(grouped: dict[str, dict[str, TaskSetting]]) -> str:
             f"test.")
 
 
-CONFOUNDERS = (
-    "**Confounders.** Every task ran the seed's protocol, so what differs besides the task is "
-    "named here. *Step budget*: ten epochs over fewer images are fewer optimizer steps "
-    "(batch 128: 4,300 steps on fmnist_55k, 400 on the 5k tasks, 80 on fmnist_1k, about 90 on "
-    "digits); a value that needs more steps (a small learning rate, a large batch) loses "
-    "more on a small task for that reason alone, and that is part of what 'less data' means "
-    "under this protocol. The four 5k variants share fmnist_5k's budget, so compare them "
-    "with fmnist_5k as well as with fmnist_55k. *One network* (two_conv_one_fc) and *10 "
-    "epochs*: another network or a longer run may move the optima differently. *Three seeds*: "
-    "a regret smaller than δ cannot be told from zero, and noisier tasks (fmnist_1k, digits: "
-    "359 test images) give wider intervals, so more of their verdicts are inconclusive. "
-    "*Last-epoch numbers*, as the seed reported them: a value that over-fits late is "
-    "judged on its last epoch, not its best.")
+def protocol_line(grouped: dict[str, dict[str, TaskSetting]]) -> str:
+    """What every task ran, read off the runs: the network, the optimizer, the length (epochs
+    or a step budget) and the baseline values of the four settings."""
+    runs = [r for settings in grouped.values() for c in settings["optimizer.lr"].cells
+            for r in c.runs]
+    if not runs:
+        return ""
+    models = sorted({str(r.params.get("model")) for r in runs})
+    optimizers = sorted({_optimizer(r) for r in runs})
+    lengths: dict[str, list[str]] = {}
+    for task, settings in grouped.items():
+        for length in sorted({run_length(r) for c in settings["optimizer.lr"].cells
+                              for r in c.runs}):
+            lengths.setdefault(length, []).append(_label(task))
+    length = next(iter(lengths)) if len(lengths) == 1 else "; ".join(
+        f"{n} on {', '.join(tasks)}" for n, tasks in lengths.items())
+    base = baseline_values(next(iter(grouped.values()))["optimizer.lr"].cells[0].runs)
+    return (f"Each task ran the seed's four one-at-a-time sweeps on {', '.join(models)} "
+            f"({', '.join(optimizers)}, {length}; the others at lr "
+            f"{format_value(base['optimizer.lr'])}, batch {format_value(base['data.batch_size'])}"
+            f", {base['init']} init, {base['transforms']} transforms).")
+
+
+def _optimizer(run: Run) -> str:
+    name = str(run.params.get("optimizer", "sgd"))
+    if name == "sgd":
+        return f"SGD momentum {format_value(run.params.get('optimizer.momentum'))}"
+    return name
+
+
+def step_budgets(grouped: dict[str, dict[str, TaskSetting]]) -> str:
+    """"4,300 steps on fmnist_55k, 400 on fmnist_5k and fmnist_5k_noisy, ...": each task's
+    optimizer steps at the baseline batch size, read off its runs."""
+    by_steps: dict[int, list[str]] = {}
+    for task, settings in grouped.items():
+        if task == CONTROL:
+            continue
+        steps = {optimizer_steps(r) for c in settings["optimizer.lr"].cells for r in c.runs}
+        for n in sorted(steps - {None}):
+            by_steps.setdefault(n, []).append(_label(task))
+    parts = [f"{n:,}{' steps' if i == 0 else ''} on {_and(tasks)}"
+             for i, (n, tasks) in enumerate(sorted(by_steps.items(), reverse=True))]
+    return ", ".join(parts)
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def confounders(grouped: dict[str, dict[str, TaskSetting]]) -> str:
+    """What differs between the tasks besides the task, from their runs' configs."""
+    runs = [r for settings in grouped.values() for c in settings["optimizer.lr"].cells
+            for r in c.runs]
+    models = ", ".join(sorted({str(r.params.get("model")) for r in runs}))
+    lengths = sorted({run_length(r) for r in runs})
+    length = lengths[0] if len(lengths) == 1 else " or ".join(lengths)
+    batch = baseline_values(runs)["data.batch_size"] if runs else None
+    return (
+        "**Confounders.** Every task ran the same protocol, so what differs besides the task "
+        f"is named here. *Step budget*: {length} over fewer images are fewer optimizer steps "
+        f"(batch {format_value(batch)}: {step_budgets(grouped)}); a value that needs more steps "
+        "(a small learning rate, a large batch) loses more on a small task for that reason "
+        "alone, and that is part of what 'less data' means under this protocol (the budget "
+        "record, experiment=budget, takes the two apart). Tasks with the same budget compare "
+        f"with each other as well as with {REFERENCE}. *One network* ({models}) and *{length}*"
+        ": another network or a longer run may move the optima differently. *Three seeds*: a "
+        "regret smaller than δ cannot be told from zero, and noisier tasks (fewer validation "
+        "or test images, such as digits' 359 test images) give wider intervals, so more of "
+        "their verdicts are inconclusive. *Last-epoch numbers*, as the seed reported them: a "
+        "value that over-fits late is judged on its last epoch, not its best.")
+
+
+def missing_reference(grouped: dict[str, dict[str, TaskSetting]], root: Path) -> str:
+    """Why a tasks sweep without fmnist_55k's runs has no verdicts, and how to give them."""
+    return (f"**No verdicts yet**: every regret carries {REFERENCE}'s best value to a task, "
+            f"and {REFERENCE}'s runs are not below {root}. Judge against the committed "
+            f"record's: `python -m fmnist_lab.report {root} --tasks results/tasks`; or train "
+            f"them into this folder with the same settings as these runs (`python -m "
+            f"fmnist_lab.train experiment=tasks task={REFERENCE} ...`).")
+
+
+def reference_note(grouped: dict[str, dict[str, TaskSetting]], tasks_root: Path) -> str:
+    """Where the reference's runs came from, and whether they ran the tasks' protocol."""
+    ref = {run_length(r) for c in grouped[REFERENCE]["optimizer.lr"].cells for r in c.runs}
+    own = {run_length(r) for t, settings in grouped.items() if t != REFERENCE
+           for c in settings["optimizer.lr"].cells for r in c.runs}
+    note = f"{REFERENCE}'s runs, the reference of every regret, are {tasks_root}'s."
+    if ref != own:
+        note += (f" They ran {_and(sorted(ref))} where these tasks ran {_and(sorted(own))}: a "
+                 "regret here mixes the task with the training length; rerun the tasks with "
+                 "the reference's length to judge the task alone.")
+    return note
 
 
 def tasks_verdicts(runs: list[Run]) -> str | None:
@@ -297,11 +380,18 @@ def tasks_verdicts(runs: list[Run]) -> str | None:
     return verdict_summary(grouped, all_regrets(grouped)[0])
 
 
-def tasks_section(runs: list[Run], root: Path) -> tuple[list[str], list[Path]]:
-    """The report's section on experiment=tasks; ([], []) when no run belongs to it."""
+def tasks_section(runs: list[Run], root: Path, tasks_root: Path | None = None
+                  ) -> tuple[list[str], list[Path]]:
+    """The report's section on experiment=tasks; ([], []) when no run belongs to it. Where
+    fmnist_55k's runs are not among `runs`, they are read from `tasks_root` (a record)."""
     grouped = group_tasks(runs)
     if not grouped:
         return [], []
+    borrowed = REFERENCE not in grouped and tasks_root is not None and tasks_root.is_dir()
+    if borrowed:
+        grouped = group_tasks(runs + [r for r in load_runs(tasks_root)
+                                      if task_of(r) == REFERENCE])
+        borrowed = REFERENCE in grouped
     regrets, control = all_regrets(grouped)
     heatmap = plot_heatmaps(grouped, root / "tasks_heatmaps.png")
     tasks = [t for t in grouped if t not in (REFERENCE, CONTROL)]
@@ -309,10 +399,13 @@ def tasks_section(runs: list[Run], root: Path) -> tuple[list[str], list[Path]]:
                     for c in s.cells for r in c.runs}, key=str)
     md = ["## The seed's hypothesis, tested: the same sweeps on several tasks", "",
           f"{len(grouped)} tasks ({', '.join(map(_label, grouped))}); seeds "
-          f"{', '.join(map(str, seeds))}. Each task ran the seed's four one-at-a-time sweeps "
-          "on two_conv_one_fc (SGD momentum 0.9, 10 epochs; the others at lr 0.01, batch 128, "
-          "default init, standard transforms). Accuracies in %, last epoch, mean ± std over "
-          "seeds.", "", RULE, "", "### Verdicts", "", verdict_summary(grouped, regrets), "",
+          f"{', '.join(map(str, seeds))}. {protocol_line(grouped)} Accuracies in %, last "
+          "epoch, mean ± std over seeds.", "", RULE, ""]
+    if REFERENCE not in grouped:
+        md += [missing_reference(grouped, root), ""]
+    elif borrowed:
+        md += [reference_note(grouped, tasks_root), ""]
+    md += ["### Verdicts", "", verdict_summary(grouped, regrets), "",
           *verdict_lines(regrets), "",
           "Transfer regret in points (test accuracy of the task's own best value minus "
           "fmnist_55k's best carried over), mean ± std over seeds, [95 % bootstrap "
@@ -340,7 +433,7 @@ def tasks_section(runs: list[Run], root: Path) -> tuple[list[str], list[Path]]:
     line = batch_size_line(grouped)
     if line:
         md += [line, ""]
-    md += [CONFOUNDERS, ""]
+    md += [confounders(grouped), ""]
     for key, name in SETTINGS.items():
         md += [f"### {name.capitalize()} on every task", "",
                "Validation accuracy (best in bold, ≈ within noise of it: behind by no more "
