@@ -57,8 +57,18 @@ LAUNCH_GROUPS = frozenset({"experiment", "hparams_search", "debug"})
 STUDY_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay",
               "data.batch_size", "trainer.max_epochs", "trainer.max_steps", "seed",
               "data.num_folds", "data.fold")
-HELD_FIXED = ("model", "init", "transforms", "optimizer.lr", "optimizer.momentum",
-              "data.batch_size", "data.train_size", "trainer.max_epochs")
+# What a report's sweep section says it held fixed, in this order, where every run shares it
+# (and has it: AdamW has no momentum). The keys of SEED_RECIPE are named only where a sweep
+# holds them away from the seed's recipe (an optuna best configuration's optimizer, schedule,
+# label smoothing and dropout); at the recipe they would say what every seed-study run did.
+HELD_FIXED = ("task", "model", "model.dropout", "model.norm", "init", "transforms", "optimizer",
+              "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "scheduler",
+              "loss.label_smoothing", "data.batch_size", "data.train_size",
+              "trainer.max_epochs", "trainer.max_steps")
+SEED_RECIPE: dict[str, Any] = {
+    "model.dropout": 0.0, "model.norm": "none", "optimizer": "sgd",
+    "optimizer.weight_decay": 0.0, "scheduler": "none", "loss.label_smoothing": 0.0,
+    "trainer.max_steps": -1}
 # Where a run is written, how fast it runs and what it prints: never a column.
 PLUMBING = (BOOKKEEPING - {"seed"}) | set(SPEED_SWITCHES) | {
     "trainer.accelerator", "trainer.devices", "trainer.deterministic", "trainer.benchmark",

@@ -70,8 +70,10 @@ def write_report(root: Path, log_y: bool = False, tasks_root: Path | None = None
     if not runs:
         raise ReportError(f"no {RESULTS_FILE} below {root} (run a sweep first: "
                           "python -m fmnist_lab.train -m experiment=NAME)")
-    sweeps = group_sweeps(runs)
+    sweeps = group_sweeps(runs, root)
+    # The sweep that trained a run (a search's, by its folder), named as its section is.
     trained_in = {r.path.resolve(): r.experiment for r in runs}
+    trained_in |= {r.path.resolve(): sweep.name for sweep in sweeps for r in sweep.runs}
     trained = sum(1 for r in runs if not r.result.get("reused_from"))
     # No date and no absolute path: the same runs give the same report, byte for byte.
     md = ["# fmnist-lab report", "",

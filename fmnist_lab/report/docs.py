@@ -169,7 +169,7 @@ def update_readme(readme: Path, root: Path) -> bool:
     found = sorted(root.rglob("compare.json"))
     compare = json.loads(found[0].read_text()) if found else None
     runs = load_runs(root)
-    updated = update_readme_tables(text, group_sweeps(runs), compare, tasks_verdicts(runs),
+    updated = update_readme_tables(text, group_sweeps(runs, root), compare, tasks_verdicts(runs),
                                    search_comparison(root, runs), budget_answer(runs))
     if updated != text:
         write_text_atomic(readme, updated)

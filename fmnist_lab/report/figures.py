@@ -12,6 +12,10 @@ from fmnist_lab.report.runs import Run, Sweep
 from fmnist_lab.report.stats import mean_std
 from fmnist_lab.report.tables import status_cell
 
+# A legend longer than this (an optuna search's 40 trials) would squeeze the panels to
+# nothing: the figure draws the lines alone, and the section's table names them.
+LEGEND_ROWS = 20
+
 
 def pyplot() -> Any:
     """matplotlib.pyplot drawing into files only (no display on clusters and CI); imported
@@ -24,7 +28,7 @@ def pyplot() -> Any:
     return plt
 
 def file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "sweep"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "sweep"
 
 
 def _curves(runs: list[Run], key: str, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,11 +105,14 @@ def plot_losses(sweep: Sweep, path: Path, log_y: bool = False) -> Path:
             why = "diverged: no finite loss" if row.diverged else status_cell(row)
             handles[f"{row.label} ({why})"] = Line2D([], [], color=colors[i % len(colors)],
                                                      marker="X", linestyle="none")
-    if handles:
+    many = len(handles) > LEGEND_ROWS
+    if handles and not many:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper",
                    title=", ".join(sweep.keys) or None)
-    fig.suptitle(f"{sweep.name}: loss against {unit} by {', '.join(sweep.keys) or 'run'} "
-                 f"({band_text(sweep)})")
+    by = f"{len(sweep.keys)} parameters" if many else ", ".join(sweep.keys) or "run"
+    fig.suptitle(f"{sweep.name}: loss against {unit} by {by} ({band_text(sweep)})"
+                 + (f"\n{len(sweep.rows)} configurations, one colour each; the section's table "
+                    "names them" if many else ""))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

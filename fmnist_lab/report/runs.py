@@ -212,13 +212,28 @@ def swept_keys(runs: list[Run]) -> list[str]:
     return [k for k in varying if not determined_by_group(k)]
 
 
-def group_sweeps(runs: list[Run]) -> list[Sweep]:
-    """Runs by experiment, then by their swept values; rows in grid order."""
-    by_experiment: dict[str, list[Run]] = {}
+def search_folder(run: Run) -> Path | None:
+    """The folder of the search (hparams_search=...) a run is a trial of; None for a run of
+    a grid. Each search is a study of its own (its journal, its sampler's history): two
+    searches of one experiment that tried the same configuration are two trials, not two
+    seeds of one row."""
+    return run.path.parent if (run.result.get("choices") or {}).get("hparams_search") else None
+
+
+def group_sweeps(runs: list[Run], root: Path | None = None) -> list[Sweep]:
+    """Runs by experiment (a search's trials by their search's folder as well), then by
+    their swept values; rows in grid order. Where one experiment ran several searches, each
+    is named by its folder (relative to `root` where given)."""
+    groups: dict[tuple[str, Path | None], list[Run]] = {}
     for run in runs:
-        by_experiment.setdefault(run.experiment, []).append(run)
+        groups.setdefault((run.experiment, search_folder(run)), []).append(run)
+    searches: dict[str, int] = {}
+    for experiment, _ in groups:
+        searches[experiment] = searches.get(experiment, 0) + 1
     sweeps = []
-    for name, exp_runs in by_experiment.items():
+    for (name, folder), exp_runs in groups.items():
+        if folder is not None and searches[name] > 1:
+            name = f"{name} ({relative(folder, root) if root is not None else folder.name})"
         keys = swept_keys(exp_runs)
         rows: dict[tuple[str, ...], Row] = {}
         for run in exp_runs:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist_lab.keys import HELD_FIXED
+from fmnist_lab.keys import HELD_FIXED, SEED_RECIPE
 from fmnist_lab.report.runs import Row, Run, Sweep, format_value, relative, value_key
 from fmnist_lab.report.stats import mean_std
 from fmnist_lab.results import flatten
@@ -180,9 +180,13 @@ def best_line(sweep: Sweep) -> str:
 
 
 def held_fixed_line(sweep: Sweep) -> str:
+    """The runs, what they share (keys.HELD_FIXED: the recipe's keys a reader needs, none of
+    the plumbing; SEED_RECIPE's only where held away from the seed's value), and the seeds."""
     runs = sweep.runs
     fixed = [f"{k}={format_value(runs[0].params.get(k))}" for k in HELD_FIXED
-             if k not in sweep.keys and len({value_key(r.params.get(k)) for r in runs}) == 1]
+             if k not in sweep.keys and any(k in r.params for r in runs)
+             and len({value_key(r.params.get(k)) for r in runs}) == 1
+             and not (k in SEED_RECIPE and runs[0].params.get(k) == SEED_RECIPE[k])]
     seeds = sorted({r.result.get("seed") for r in runs if r.result.get("seed") is not None})
     return (f"{len(runs)} runs; held fixed: {', '.join(fixed) or 'nothing'}; "
             f"seeds: {', '.join(map(str, seeds)) or 'unknown'}.")

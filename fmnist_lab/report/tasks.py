@@ -40,6 +40,12 @@ from fmnist_lab.report.transfer import (
     judge,
     transfer_regret,
 )
+from fmnist_lab.report.tunability import (
+    all_tunability,
+    definition,
+    tunability_lines,
+    tunability_table,
+)
 
 
 def all_regrets(grouped: dict[str, dict[str, TaskSetting]]
@@ -412,8 +418,16 @@ def tasks_section(runs: list[Run], root: Path, tasks_root: Path | None = None
                + ("No verdict says 'moves': the rule did not see movement in noise."
                   if all(r.verdict != "moves" for r in control) else
                   "A verdict says 'moves' on noise alone: the rule is too loose."), ""]
-    md += [f"![Each task's best value and how far the others fall behind]({heatmap.name})", "",
-           "### Rank agreement with fmnist_55k", "",
+    md += [f"![Each task's best value and how far the others fall behind]({heatmap.name})", ""]
+    tunings = all_tunability(grouped)
+    if tunings:
+        judged = [t for t in grouped if t != CONTROL]
+        md += ["### Tunability", "", definition(tunings, judged), "",
+               "Tunability in points per task (the task's best value against the shared "
+               "default), the mean over tasks, and the regrets beside it:", "",
+               tunability_table(tunings, regrets, judged), "",
+               *tunability_lines(tunings), ""]
+    md += ["### Rank agreement with fmnist_55k", "",
            "Spearman's ρ between the task's ranking of a setting's values and fmnist_55k's "
            "(1: the same order; a diverged value ranks last):", "", rank_agreement(grouped), ""]
     line = batch_size_line(grouped)
