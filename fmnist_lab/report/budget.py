@@ -422,7 +422,7 @@ def budget_section(runs: list[Run], root: Path, tasks_root: Path | None = None
                f"each other cell (test accuracy of the cell's own best value minus the carried "
                f"one's, points, mean ± std over seeds [95 % interval]; δ = {DELTA * 100:.1f} "
                "points, Holm over the cells), as the tasks record judges a task:", "",
-               _regret_table(found_regrets, cells), ""]
+               _regret_table(found_regrets, cells, reference), ""]
     md += ["### The cells that repeat the tasks protocol", "", protocol_check(cells, tasks_root),
            "", "### Validation accuracy by learning rate", "", accuracy_table_md(cells), "",
            f"![Validation accuracy against learning rate]({figures[0].name})", ""]
@@ -446,7 +446,8 @@ def _contrast_lines(optima: dict[tuple[int, int], Optimum]) -> list[str]:
     return ["Cell by cell (factor [95 % interval]):", "", *lines] if lines else []
 
 
-def _regret_table(regrets: list[Regret], cells: dict[tuple[int, int], TaskSetting]) -> str:
+def _regret_table(regrets: list[Regret], cells: dict[tuple[int, int], TaskSetting],
+                  reference: tuple[int, int]) -> str:
     by = {r.task: r for r in regrets}
     sizes = sorted({d for d, _ in cells})
     budgets = sorted({s for _, s in cells})
@@ -456,7 +457,7 @@ def _regret_table(regrets: list[Regret], cells: dict[tuple[int, int], TaskSettin
         for steps in budgets:
             r = by.get(cell_label(data, steps))
             if r is None:
-                row.append("reference" if (data, steps) in cells else "—")
+                row.append("reference" if (data, steps) == reference else "—")
                 continue
             lo, hi = r.bounds()
             spread = "" if r.std is None else f" ± {r.std * 100:.2f}"

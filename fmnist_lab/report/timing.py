@@ -113,7 +113,8 @@ PHASES = ("data", "train", "validate", "test", "other", "total")
 
 
 def phase_table(runs: list[Run]) -> list[str]:
-    """Where a run's seconds go, mean per run by task (or experiment): reading and splitting
+    """Where a run's seconds go, mean per run by task (or experiment; and step budget, where
+    runs had one): reading and splitting
     the data, training, validating, testing, the rest (building the trainer and network,
     checkpoints, Lightning's hooks), for runs that record their phases."""
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -122,7 +123,11 @@ def phase_table(runs: list[Run]) -> list[str]:
         # Left out: resumed runs recorded by earlier code, whose total missed earlier sittings.
         if isinstance(seconds, dict) and run.result.get("status") == "completed" \
                 and phases_add_up(run):
-            by_group[str(run.params.get("task") or run.experiment)].append(seconds)
+            group = str(run.params.get("task") or run.experiment)
+            steps = run.params.get("trainer.max_steps")
+            if isinstance(steps, int) and steps >= 1:  # a step budget: its length varies
+                group += f", {steps:,} steps"
+            by_group[group].append(seconds)
     if not by_group:
         return []
     rows = []
