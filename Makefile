@@ -155,6 +155,8 @@ cluster:
 cluster-stop:
 	@scripts/cluster.sh stop
 
+# tests/test_cluster.py starts the local cluster (scripts/cluster.sh, as make cluster) when it
+# is not up, so make test runs them on a fresh machine too (as root, with apt).
 # The suite's tests mostly start a Python that imports torch and Lightning (seconds of one
 # core each): two pytest workers on two cores, a thread each, take 6 minutes where one takes 12.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))

@@ -179,7 +179,7 @@ def test_a_preempted_job_is_requeued_by_slurm_and_resumes(tmp_path, name):
     after KillWait, no warning signal), requeued, and the new start resumes."""
     sweep = tmp_path / "sweep"
     log = tmp_path / "sweep.log"
-    proc = start(["-m", *QUICK, "trainer.max_epochs=30", "seed=0", f"hydra.sweep.dir={sweep}",
+    proc = start(["-m", *QUICK, "trainer.max_epochs=20", "seed=0", f"hydra.sweep.dir={sweep}",
                   *slurm(name)], log)
     try:
         last = wait_for(lambda: next(sweep.glob("*/checkpoints/last.ckpt"), None)
@@ -192,14 +192,14 @@ def test_a_preempted_job_is_requeued_by_slurm_and_resumes(tmp_path, name):
         proc.kill()
     result = results(last.parent.parent)
     assert result["status"] == "completed" and result["resumed_after_epoch"] >= 1
-    assert [e["epoch"] for e in result["history"]] == list(range(1, 31))
+    assert [e["epoch"] for e in result["history"]] == list(range(1, 21))
     assert "this job is" not in job_logs(sweep)  # no signal reached submitit's handler
 
 
 def test_a_cancelled_job_leaves_no_complete_result_and_the_sweep_resumes(tmp_path, name):
     sweep = tmp_path / "sweep"
     log = tmp_path / "sweep.log"
-    args = ["-m", *QUICK, "trainer.max_epochs=30", "seed=0", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", *QUICK, "trainer.max_epochs=20", "seed=0", f"hydra.sweep.dir={sweep}"]
     proc = start([*args, *slurm(name)], log)
     try:
         last = wait_for(lambda: next(sweep.glob("*/checkpoints/last.ckpt"), None)
@@ -221,7 +221,7 @@ def test_a_cancelled_job_leaves_no_complete_result_and_the_sweep_resumes(tmp_pat
     assert again.returncode == 0, again.stderr
     result = results(run)
     assert result["status"] == "completed" and result["resumed_after_epoch"] >= 1
-    assert [e["epoch"] for e in result["history"]] == list(range(1, 31))
+    assert [e["epoch"] for e in result["history"]] == list(range(1, 21))
 
 
 def test_an_optuna_search_runs_its_trials_as_slurm_jobs(tmp_path, name):
