@@ -43,8 +43,8 @@ install_missing() {
   say "installing ${missing[*]} (apt)"
   # A package's postinst may try to start its service: we start them ourselves, below.
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+    > "$STATE/apt.log" 2>&1 || die "apt-get could not install ${missing[*]}: see $STATE/apt.log"
 }
 
 # -------------------------------------------------------------------------------- munge
@@ -177,8 +177,8 @@ stop_postgres() {
 
 start() {
   [ "$(id -u)" = 0 ] || die "make cluster starts system services: run it as root"
-  install_missing
   install -d "$STATE"
+  install_missing
   start_munge
   start_slurm
   start_postgres
