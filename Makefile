@@ -1,5 +1,5 @@
 # make setup | train | test | test-fast | study | tasks | budget | search | bench | tensorboard | dashboard
-# | lint | clean
+# | cluster | cluster-stop | lint | clean
 # `make train`, `make test` and `make test-fast` set everything up first when needed (venv,
 # package, data). `make test` runs the whole suite (as CI does); `make test-fast` leaves out
 # the tests marked slow (the command line, sweeps, make study, longer training): under a
@@ -16,7 +16,8 @@ STUDY_DIR := outputs/study/$(shell date +%Y-%m-%d_%H-%M-%S)
 endif
 EXPERIMENTS := architecture learning_rate batch_size weight_init augmentation cross_validation momentum
 
-.PHONY: setup data train test test-fast study tasks budget search bench tensorboard dashboard lint clean
+.PHONY: setup data train test test-fast study tasks budget search bench tensorboard dashboard \
+	cluster cluster-stop lint clean
 
 setup: $(STAMP) data
 
@@ -58,9 +59,18 @@ PRECISION ?= 32-true
 JOBS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 2)
 CORES := $(shell nproc 2>/dev/null || echo 1)
 THREADS := $(shell n=$$(( $(CORES) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
-# Unless ARGS sets them: one-thread runs, and no progress bars interleaved from two sweeps.
-STUDY_ARGS := $(if $(findstring num_threads=,$(ARGS)),,num_threads=$(THREADS)) \
-	$(if $(or $(filter 1,$(JOBS)),$(findstring enable_progress_bar=,$(ARGS))),,trainer.enable_progress_bar=false)
+# LAUNCHER=slurm_cpu (or slurm): the record targets below submit their runs to SLURM, a job a
+# run (hydra/launcher=LAUNCHER; its settings as hydra.launcher.KEY=... in ARGS), JOBS sweeps
+# submitting side by side; a job's torch threads are its CPUs. A run that sweeps share is still
+# trained once: its claim (claim_config) is a file below the record's folder, on the shared
+# disk. Unset: the runs train on this machine (docs/cluster.md).
+LAUNCHER ?=
+LAUNCH_ARGS := $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
+# Unless ARGS sets them: one-thread runs (here; a SLURM job's threads are its CPUs), and no
+# progress bars interleaved from two sweeps.
+STUDY_ARGS := $(if $(or $(LAUNCHER),$(findstring num_threads=,$(ARGS))),,num_threads=$(THREADS)) \
+	$(if $(or $(filter 1,$(JOBS)),$(findstring enable_progress_bar=,$(ARGS))),,trainer.enable_progress_bar=false) \
+	$(LAUNCH_ARGS)
 study: setup
 	@status=0; \
 	for s in $$(echo $(SEEDS) | tr , ' '); do for e in $(EXPERIMENTS); do echo "$$s $$e"; done; done | \
@@ -136,6 +146,18 @@ search: setup
 	$(PY) -m fmnist_lab.report $(SEARCH_DIR) || status=1; \
 	exit $$status
 
+# A one-node SLURM cluster (munge, slurmctld, slurmd) and a PostgreSQL server with a database
+# for optuna on this machine (Debian, root; apt installs what is missing): for trying the
+# cluster path and for tests/test_cluster.py, which start it themselves. Safe to run again; it
+# prints the partition and the storage URL. cluster-stop stops what cluster started.
+cluster:
+	@scripts/cluster.sh start
+
+cluster-stop:
+	@scripts/cluster.sh stop
+
+# tests/test_cluster.py starts the local cluster (scripts/cluster.sh, as make cluster) when it
+# is not up, so make test runs them on a fresh machine too (as root, with apt).
 # The suite's tests mostly start a Python that imports torch and Lightning (seconds of one
 # core each): two pytest workers on two cores, a thread each, take 6 minutes where one takes 12.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))

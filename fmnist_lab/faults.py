@@ -122,8 +122,15 @@ def _this_process() -> dict[str, Any]:
             "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
 
 
+# "host:pid" of a process known to have ended, whose locks may be taken over on any host: an
+# optuna search retrying the trial of a worker its heartbeat found dead sets it for the retry.
+ENDED_HOLDER_ENV = "FMNIST_LAB_ENDED_HOLDER"
+
+
 def _gone(holder: dict[str, Any], me: dict[str, Any]) -> bool:
     """Whether the lock's holder is known to have ended."""
+    if f"{holder.get('host')}:{holder.get('pid')}" == os.environ.get(ENDED_HOLDER_ENV):
+        return True
     if (holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"]
             and holder.get("slurm_restart", 0) < me["slurm_restart"]):
         return True  # an earlier attempt of this requeued SLURM job, maybe on another node

@@ -31,10 +31,14 @@ from torchmetrics import Metric
 
 def quiet_lightning() -> None:
     """Mute Lightning's start-up chatter (accelerator lines, tips, a deprecation inside
-    Lightning itself, a logging-interval warning for short epochs): it buries our output."""
+    Lightning itself, a logging-interval warning for short epochs, srun's hint): it buries
+    our output."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # Every run on a machine with SLURM's tools: Lightning suggests srun for multi-process
+    # jobs, which a run here never is (one process; a SLURM job's runs start through srun).
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,

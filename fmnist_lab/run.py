@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from fmnist_lab.data import StepBudget, TaskDataModule
 from fmnist_lab.faults import AtomicCheckpointIO, checkpoint_to_resume, hold_gpu
@@ -136,8 +138,19 @@ def build_trainer(cfg: DictConfig, out_dir: Path, callbacks: list[pl.Callback],
                            reload_dataloaders_every_n_epochs=1)
         logger.step_of = lambda: trainer.global_step
     trainer = pl.Trainer(**{**cfg.trainer, **budget_args, **trainer_args}, logger=logger,
-                         callbacks=[checkpoint, *callbacks], plugins=[AtomicCheckpointIO()])
+                         callbacks=[checkpoint, *callbacks],
+                         plugins=[AtomicCheckpointIO(), *_slurm_environment()])
     return trainer
+
+
+def _slurm_environment() -> list[SLURMEnvironment]:
+    """In a SLURM job, Lightning's SLURM environment without its own requeue: a job's requeue
+    is submitit's (hydra/launcher=slurm: checkpoint, requeue, resume from last.ckpt), and
+    Lightning's (an hpc checkpoint and `scontrol requeue` on SIGUSR1) would be a second one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # detect() also hints at srun where it is not used
+        in_job = SLURMEnvironment.detect()
+    return [SLURMEnvironment(auto_requeue=False)] if in_job else []
 
 
 def build_datamodule(cfg: DictConfig) -> TaskDataModule:

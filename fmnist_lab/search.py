@@ -16,6 +16,7 @@ optuna is imported inside the functions: report.py imports this module for every
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections import Counter
@@ -32,16 +33,24 @@ STATES = ("complete", "pruned", "fail", "running", "waiting")
 TRIAL_ENV = "FMNIST_LAB_OPTUNA_TRIAL"
 
 
-def open_storage(spec: str | Path) -> Any:
+def open_storage(spec: str | Path, **database_options: Any) -> Any:
     """An optuna storage: a journal file (a path), or a database URL (`sqlite:///...`,
-    `postgresql://...`)."""
+    `postgresql://...`: optuna's RDBStorage, given `database_options`, e.g. its heartbeat).
+    A server that does not answer fails within seconds, not the system's minutes."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     text = str(spec)
     if "://" in text:
-        return optuna.storages.get_storage(text)
+        engine = ({"connect_args": {"connect_timeout": 10}} if text.startswith("postgresql")
+                  else {})
+        return optuna.storages.RDBStorage(text, engine_kwargs=engine, **database_options)
     return JournalStorage(JournalFileBackend(text))
+
+
+def hide_password(url: str) -> str:
+    """A database URL as it may be printed: its password starred."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
 
 
 def find_journals(root: str | Path) -> list[Path]:

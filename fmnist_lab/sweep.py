@@ -123,8 +123,10 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
         n_jobs = launcher.get("n_jobs") or -1
         parallel = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = all cores
         return max(1, cores // max(1, parallel))
-    if "submitit" in target.lower():
-        return launcher.get("cpus_per_task") or None
+    if "submitit" in target.lower() or "slurm" in target.lower():
+        # The CPUs SLURM gave the job (hydra/launcher=slurm_cpu), else what the launcher asks.
+        given = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        return int(given) if given.isdigit() else launcher.get("cpus_per_task") or None
     return None
 
 

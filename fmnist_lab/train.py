@@ -112,6 +112,8 @@ def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) 
             _record_failure(out_dir, cfg, overrides, choices, e)
         sys.exit(f"error: {e}")
     except Exception as e:
+        if _out_of_requeues(e):  # submitit's word, raised inside the run at its time limit
+            e = RuntimeError(_out_of_requeues_reason(hydra_cfg))
         # One run's bug must not take a sweep down: record it, go on, fail at the end.
         _record_failure(out_dir, cfg, overrides, choices, e)
         (out_dir / "traceback.txt").write_text(traceback.format_exc())
@@ -123,6 +125,20 @@ def _run(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path, multirun: bool) 
         return None
     print(_summary(result, out_dir))
     return objective(result)
+
+
+def _out_of_requeues(e: BaseException) -> bool:
+    """submitit's UncompletedJobError from its signal handler: a SLURM job signalled before its
+    time limit with no requeue left (hydra.launcher.max_num_timeout)."""
+    return type(e).__name__ == "UncompletedJobError" and "timed-out too many times" in str(e)
+
+
+def _out_of_requeues_reason(hydra_cfg: DictConfig) -> str:
+    launcher = hydra_cfg.get("launcher") or {}
+    return (f"the SLURM job reached its time limit (hydra.launcher.timeout_min="
+            f"{launcher.get('timeout_min')}) with no requeue left (hydra.launcher."
+            f"max_num_timeout={launcher.get('max_num_timeout')}): give it more time or more "
+            "requeues, and the same command resumes the run from its last checkpoint")
 
 
 def _reuse_roots(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> list[Path]:

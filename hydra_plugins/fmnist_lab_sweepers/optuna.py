@@ -13,11 +13,13 @@ The surface is hydra-optuna-sweeper's: `n_trials`, `n_jobs`, `direction`, `study
   it is asked, so workers never exceed n_trials together.
 - A trial's run folder is numbered by the trial (`<number>_<overrides>`): two workers never
   share a folder. Trials run in batches of `n_jobs` through Hydra's launcher.
-- A trial cut off by Ctrl-C, SIGTERM or a killed process (a RUNNING trial whose owner, the
-  host and pid recorded on it, is gone) is marked `interrupted`, failed, and its parameters
-  asked again as a new trial, first, by whichever worker asks next: the retry runs in the
-  interrupted trial's folder and resumes its run from the last checkpoint, its epochs' values
-  reported again. A live worker's trials are never taken over.
+- A trial cut off by Ctrl-C, SIGTERM or a killed process (a RUNNING trial whose owner is gone:
+  by host and pid for a journal file, by optuna's heartbeat for a database, workers.py) is
+  marked `interrupted`, failed, and its parameters asked again as a new trial, first, by
+  whichever worker asks next: the retry runs in the interrupted trial's folder and resumes its
+  run from the last checkpoint, its epochs' values reported again. A live worker's trials are
+  never taken over. With a database, a worker with nothing left to ask waits for the trials
+  running elsewhere, so that one whose worker dies is still retried.
 - Each job learns its trial number from an environment variable (fmnist_lab.search.TRIAL_ENV,
   set through hydra.job.env_set: not in the run's config, key or folder name) and reports its
   validation accuracy after every epoch, where the pruner may stop it (fmnist_lab.pruning).
@@ -37,9 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
-from collections.abc import Iterator
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.fmnist_lab_sweepers import workers
 from hydra_plugins.fmnist_lab_sweepers.space import corner_values, distribution, quote, suggest
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ def _fail(key: str, message: str) -> None:
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: Any = 20, n_jobs: Any = 1, direction: Any = "maximize",
                  study_name: Any = "fmnist_lab", storage: Any = None, sampler: Any = None,
-                 pruner: Any = None, params: Any = None, **unknown: Any) -> None:
+                 pruner: Any = None, params: Any = None, heartbeat_interval: Any = 60,
+                 grace_period: Any = None, **unknown: Any) -> None:
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.direction = direction
@@ -70,6 +74,8 @@ class OptunaSweeper(Sweeper):
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
         self.params = params
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         self.unknown = unknown
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -106,9 +112,12 @@ class OptunaSweeper(Sweeper):
         if self.unknown:
             key = sorted(self.unknown)[0]
             _fail(key, "no such key; the sweeper takes n_trials, n_jobs, direction, "
-                       "study_name, storage, sampler, pruner, params")
-        for key in ("n_trials", "n_jobs"):
+                       "study_name, storage, sampler, pruner, params, heartbeat_interval, "
+                       "grace_period")
+        for key in ("n_trials", "n_jobs", "heartbeat_interval", "grace_period"):
             value = getattr(self, key)
+            if value is None and key == "grace_period":
+                continue  # optuna's: twice the heartbeat interval
             if not is_int(value) or value < 1:
                 _fail(key, f"{value!r} is not allowed: an integer >= 1")
         if self.direction not in ("maximize", "minimize"):
@@ -234,7 +243,7 @@ class OptunaSweeper(Sweeper):
     def _open_study(self) -> Any:
         import optuna
 
-        from fmnist_lab.search import open_storage
+        from fmnist_lab.search import hide_password
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.storage_spec
@@ -254,11 +263,23 @@ class OptunaSweeper(Sweeper):
             spec = str(path)
             made = path
         self.storage_path = made
-        self.storage = open_storage(spec)
-        with self._worker_lock():
-            return optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                       direction=self.direction, load_if_exists=True,
-                                       sampler=self.sampler, pruner=self.pruner)
+        try:
+            self.storage = workers.open_storage(spec, self.heartbeat_interval, self.grace_period)
+            with self._worker_lock():
+                return optuna.create_study(study_name=self.study_name, storage=self.storage,
+                                           direction=self.direction, load_if_exists=True,
+                                           sampler=self.sampler, pruner=self.pruner)
+        except Exception as e:
+            if made is not None:
+                raise
+            # A database that cannot be reached: wrong host, password or database name.
+            if isinstance(e, ModuleNotFoundError):
+                _fail("storage", f"{hide_password(spec)}: its database driver is not installed "
+                                 f"({e}): pip install the one SQLAlchemy names")
+            cause = getattr(e, "orig", None) or e.__cause__ or e
+            said = str(cause).strip().splitlines()
+            _fail("storage", f"{hide_password(spec)} cannot be reached: "
+                             f"{said[0] if said else type(cause).__name__}")
 
     # ------------------------------------------------------------------ the search
 
@@ -271,14 +292,16 @@ class OptunaSweeper(Sweeper):
         # Hydra's record of the sweep, as its basic sweeper keeps it: the report reads the
         # swept keys from it.
         record = self.sweep_dir / "multirun.yaml"
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # a database's search made none yet
         tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
         OmegaConf.save(self.config, tmp)
         os.replace(tmp, record)
         returns: list[Any] = []
         first = True
+        told_waiting = False
         while True:
             with self._worker_lock():
-                self._recover_abandoned(study)
+                workers.find_dead(study, self._abandon)
                 trials = study.get_trials(deepcopy=False)
                 taken = [t for t in trials if not is_interrupted(t)
                          and t.state != TrialState.WAITING]
@@ -287,10 +310,18 @@ class OptunaSweeper(Sweeper):
                     self._announce(study, trials, taken)
                     self._seed_sampler(study, len(trials))
                     first = False
-                if n <= 0:
-                    break
-                batch = [self._ask(study) for _ in range(n)]
-            returns += self._run(study, batch)
+                if n > 0:
+                    batch = [self._ask(study) for _ in range(n)]
+            if n > 0:
+                returns += self._run(study, batch)
+                continue
+            running = [t for t in taken if t.state == TrialState.RUNNING]
+            if not (running and workers.has_heartbeat(study._storage)):
+                break
+            if not told_waiting:  # a worker that dies: its trial is retried here
+                print(f"optuna: waiting for {len(running)} trial(s) running elsewhere")
+                told_waiting = True
+            time.sleep(self.heartbeat_interval)
         self._finish(study)
         return returns
 
@@ -324,10 +355,12 @@ class OptunaSweeper(Sweeper):
     def _ask(self, study: Any) -> Any:
         """A trial with its parameters drawn and its owner (this process) and run folder
         number recorded; a retry gets its interrupted attempt's epochs back."""
-        trial = study.ask()
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
+            warnings.simplefilter("ignore")
+            trial = study.ask()
         for name, (_, dist) in self.space.items():
             suggest(trial, name, dist)
-        for key, value in owner().items():
+        for key, value in workers.owner().items():
             trial.set_user_attr(key, value)
         if "job" not in trial.user_attrs:
             trial.set_user_attr("job", trial.number)
@@ -342,6 +375,7 @@ class OptunaSweeper(Sweeper):
     def _job(self, trial: Any) -> list[str]:
         """The job's overrides: its parameters, the fixed overrides, its run folder named by
         its job number, and its trial number in the environment."""
+        from fmnist_lab.faults import ENDED_HOLDER_ENV
         from fmnist_lab.search import TRIAL_ENV
 
         job = self._overrides(dict(trial.params))
@@ -350,6 +384,9 @@ class OptunaSweeper(Sweeper):
             named = subdir.replace("${hydra.job.num}", str(trial.user_attrs["job"]))
             job.append(f"hydra.sweep.subdir={quote(named)}")
         job.append(f"++hydra.job.env_set.{TRIAL_ENV}={quote(str(trial.number))}")
+        if trial.user_attrs.get("dead_owner"):  # its run.lock: take it over, on any host
+            job.append(f"++hydra.job.env_set.{ENDED_HOLDER_ENV}="
+                       f"{quote(trial.user_attrs['dead_owner'])}")
         return job
 
     def _run(self, study: Any, batch: list[Any]) -> list[Any]:
@@ -359,7 +396,8 @@ class OptunaSweeper(Sweeper):
 
         jobs = [self._job(t) for t in batch]
         try:
-            returns = self.launcher.launch(jobs, initial_job_idx=batch[0].user_attrs["job"])
+            with workers.Heartbeat(study._storage, [t._trial_id for t in batch]):
+                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].user_attrs["job"])
         except BaseException:
             with self._worker_lock():
                 for trial in batch:
@@ -370,7 +408,9 @@ class OptunaSweeper(Sweeper):
             state, value, note = self._outcome(trial, ret)
             if note:
                 log.warning("optuna: trial %d failed: %s", trial.number, note)
-            study.tell(trial, value, state=state)
+            # skip_if_finished: a trial whose heartbeat a busy machine delayed past the grace
+            # period was failed and asked again elsewhere; its outcome here is not told twice.
+            study.tell(trial, value, state=state, skip_if_finished=True)
         return list(returns)
 
     def _outcome(self, trial: Any, ret: Any) -> tuple[Any, float | None, str | None]:
@@ -418,47 +458,20 @@ class OptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ workers
 
-    @contextlib.contextmanager
-    def _worker_lock(self) -> Iterator[None]:
-        """Held while a worker counts and asks: an exclusive lock on a file beside the journal
-        (released by the kernel when the process dies)."""
-        if self.storage_path is None:  # a database: its own transactions
-            yield
-            return
-        import fcntl
-
-        with open(f"{self.storage_path}.workers.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _recover_abandoned(self, study: Any) -> None:
-        """RUNNING trials of a process of this host that is gone: interrupted, asked again."""
-        from optuna.trial import TrialState
-
-        me = owner()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            attrs = trial.user_attrs
-            if attrs.get("host") != me["host"] or attrs.get("pid") is None:
-                continue  # another machine's, or not yet ours to judge
-            if (attrs["pid"], attrs.get("pid_started")) == (me["pid"], me["pid_started"]):
-                continue
-            if not alive(attrs["pid"], attrs.get("pid_started")):
-                print(f"optuna: trial {trial.number} was left running by process "
-                      f"{attrs['pid']}, which is gone: asking its parameters again")
-                self._abandon(study, trial)
+    def _worker_lock(self) -> contextlib.AbstractContextManager[None]:
+        return workers.worker_lock(self.storage_path, self.storage, self.study_name)
 
     def _abandon(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
         from fmnist_lab.search import INTERRUPTED
 
+        attrs = trial.user_attrs
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(dict(trial.params), user_attrs={
-            "job": trial.user_attrs.get("job", trial.number), "retry_of": trial.number})
+            "job": attrs.get("job", trial.number), "retry_of": trial.number,
+            "dead_owner": f"{attrs.get('host')}:{attrs.get('pid')}"})
 
 
 # ---------------------------------------------------------------------- helpers
@@ -467,31 +480,3 @@ class OptunaSweeper(Sweeper):
 def one_line(e: Any) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
-
-
-def _started(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot), where /proc tells: with the pid,
-    what tells a process from a later one that reused its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def owner() -> dict[str, Any]:
-    """This process, as trials record their owner."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _started(os.getpid())}
-
-
-def alive(pid: int, started: int | None) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    except (OSError, ValueError):
-        return False
-    now = _started(int(pid))
-    return started is None or now is None or now == started
