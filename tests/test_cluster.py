@@ -33,15 +33,15 @@ TRIAL = [*TINY, "model=three_fc", "data.train_size=300", "data.val_size=300",
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
     """The local cluster's partition and storage URL, starting it (once for all pytest workers)
-    where it is not up. Where it cannot be started (not root, no apt) the tests are skipped,
-    except on CI, where they must run."""
+    where it is not up. Only a machine where it cannot be started for want of root skips the
+    tests; as root (CI's machines) a failure to start is the tests' failure."""
     with open("/tmp/fmnist-lab-cluster-start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = subprocess.run(["scripts/cluster.sh", "start"], cwd=ROOT, capture_output=True,
                               text=True, timeout=PATIENCE)
     if proc.returncode != 0:
         message = f"make cluster failed: {proc.stderr.strip() or proc.stdout.strip()}"
-        if os.environ.get("CI"):
+        if os.geteuid() == 0 or os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return {"partition": re.search(r"partition '([^']+)'", proc.stdout)[1],
