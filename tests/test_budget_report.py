@@ -157,6 +157,26 @@ def test_the_section_answers_with_tables_figures_and_the_tasks_check(falling, tm
     assert write_report(falling, tasks_root=tasks).markdown.read_text() == md
 
 
+def test_repeated_cells_from_another_machine_are_judged_against_the_noise(falling, tmp_path):
+    # The tasks record's twins trained on another CPU: a few tenths apart, seeds 1 point apart.
+    tasks = tmp_path / "tasks"
+    for run in load_runs(falling):
+        if run.result["train_images"] == 5000 and run.params["trainer.max_steps"] == 400 \
+                and run.params["optimizer.lr"] in (0.01, 0.1):
+            twin = json.loads((run.path / "results.json").read_text())
+            seed = twin["seed"]
+            twin.update(machine={"cpu": "AMD EPYC"}, test_acc=twin["test_acc"] + 0.003 * seed)
+            twin["config"]["name"] = "tasks"
+            out = tasks / run.path.relative_to(falling)
+            out.mkdir(parents=True)
+            (out / "results.json").write_text(json.dumps(twin))
+    section = write_report(falling, tasks_root=tasks).markdown.read_text().split(
+        "### The cells that repeat the tasks protocol")[1]
+    assert "they differ by up to 0.60 points of test accuracy (mean 0.30)" in section
+    assert "beyond the noise" in section  # the made-up seeds differ by 0.3 points only
+    assert "the tasks record ran on AMD EPYC, this record on an unrecorded CPU" in section
+
+
 def test_the_front_pages_budget_tables_are_regenerated_from_the_record(falling, tmp_path):
     from fmnist_lab.report.docs import update_readme
 
