@@ -15,6 +15,7 @@ from fmnist_lab.report import write_report
 from fmnist_lab.report.budget import budget_optima, effects, peak
 from fmnist_lab.report.runs import load_runs
 from tests.conftest import PNG_SIGNATURE
+from tests.fakes import write_predictions
 
 IMAGES = 2000
 LRS = (0.003, 0.01, 0.03, 0.1, 0.3)
@@ -46,14 +47,7 @@ def write_budget_run(folder: Path, data: int, steps: int, lr: float, seed: int,
         "run_key": f"{data}-{steps}-{lr}-{seed}",
     }
     if status == "completed":
-        arrays = {}
-        for split, acc in (("val", val_acc), ("test", test_acc)):
-            label = rng.integers(0, 10, IMAGES).astype(np.uint8)
-            right = rng.permutation(IMAGES) < round(acc * IMAGES)
-            arrays[f"{split}_label"] = label
-            arrays[f"{split}_predicted"] = np.where(right, label, (label + 1) % 10)
-        np.savez_compressed(run / "predictions.npz", **arrays)
-        result["predictions"] = "predictions.npz"
+        result["predictions"] = write_predictions(run, val_acc, test_acc, rng, IMAGES)
     (run / "results.json").write_text(json.dumps(result))
     return run
 

@@ -19,6 +19,7 @@ from fmnist_lab.report.task_runs import group_tasks
 from fmnist_lab.report.tasks import all_regrets
 from fmnist_lab.report.transfer import DELTA
 from tests.conftest import PNG_SIGNATURE, ROOT
+from tests.fakes import write_predictions
 
 IMAGES = 1000  # validation and test images a made-up task evaluates on
 BASELINE = {"optimizer.lr": 0.01, "data.batch_size": 128, "init": "default",
@@ -42,14 +43,7 @@ def write_run(folder: Path, task: str, seed: int, lr: float, val_acc: float, tes
         "run_key": f"{task}-{seed}-{lr}",
     }
     if predictions:
-        arrays = {}
-        for split, acc in (("val", val_acc), ("test", test_acc)):
-            label = rng.integers(0, 10, IMAGES).astype(np.uint8)
-            right = rng.permutation(IMAGES) < round(acc * IMAGES)  # exactly acc of them
-            arrays[f"{split}_label"] = label
-            arrays[f"{split}_predicted"] = np.where(right, label, (label + 1) % 10)
-        np.savez_compressed(run / "predictions.npz", **arrays)
-        result["predictions"] = "predictions.npz"
+        result["predictions"] = write_predictions(run, val_acc, test_acc, rng, IMAGES)
     (run / "results.json").write_text(json.dumps(result))
 
 

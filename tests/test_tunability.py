@@ -16,6 +16,7 @@ from fmnist_lab.report.runs import load_runs
 from fmnist_lab.report.task_runs import REFERENCE, group_tasks
 from fmnist_lab.report.tasks import all_regrets
 from fmnist_lab.report.tunability import Tunability, all_tunability, tunability_lines
+from tests.fakes import write_predictions
 
 IMAGES = 1000  # validation and test images of a made-up task
 SEEDS = (0, 1, 2)
@@ -40,14 +41,7 @@ def write_run(folder: Path, task: str, seed: int, lr: float, val_acc: float | No
         result |= {"status": "completed", "test_acc": test_acc,
                    "history": [{"epoch": 1, "train_loss": 0.5, "val_acc": val_acc}]}
     if val_acc is not None and task != REFERENCE:
-        arrays = {}
-        for split, acc in (("val", val_acc), ("test", test_acc)):
-            label = rng.integers(0, 10, IMAGES).astype(np.uint8)
-            right = rng.permutation(IMAGES) < round(acc * IMAGES)
-            arrays[f"{split}_label"] = label
-            arrays[f"{split}_predicted"] = np.where(right, label, (label + 1) % 10)
-        np.savez_compressed(run / "predictions.npz", **arrays)
-        result["predictions"] = "predictions.npz"
+        result["predictions"] = write_predictions(run, val_acc, test_acc, rng, IMAGES)
     (run / "results.json").write_text(json.dumps(result))
 
 

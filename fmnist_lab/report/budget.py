@@ -498,9 +498,6 @@ def _regret_table(regrets: list[Regret], cells: dict[tuple[int, int], TaskSettin
             if r is None:
                 row.append("reference" if (data, steps) == reference else "—")
                 continue
-            lo, hi = r.bounds()
-            spread = "" if r.std is None else f" ± {r.std * 100:.2f}"
-            row.append(f"`{format_value(r.own_best)}` {r.mean * 100:+.2f}{spread} "
-                       f"[{lo * 100:+.2f}, {hi * 100:+.2f}] **{r.verdict}**")
+            row.append(f"`{format_value(r.own_best)}` {r.text()}")
         rows.append(row)
     return markdown_table(["training images", *(f"{s:,} steps" for s in budgets)], rows)

@@ -152,10 +152,7 @@ def regret_table(regrets: list[Regret], tasks: list[str]) -> str:
             if r is None:
                 row.append("—")
                 continue
-            lo, hi = r.bounds()
-            spread = "" if r.std is None else f" ± {r.std * 100:.2f}"
-            row.append(f"{r.mean * 100:+.2f}{spread} [{lo * 100:+.2f}, {hi * 100:+.2f}] "
-                       f"**{r.verdict}**")
+            row.append(r.text())
         rows.append(row)
     return markdown_table(["setting", *map(_label, tasks)], rows)
 

@@ -62,6 +62,14 @@ class Regret:
         tail = (1 - level) / 2
         return float(np.quantile(self.draws, tail)), float(np.quantile(self.draws, 1 - tail))
 
+    def text(self) -> str:
+        """"+2.62 ± 0.40 [+1.91, +3.30] **moves**": points, its spread over seeds, the 95 %
+        interval and the verdict, as the regret tables show it."""
+        lo, hi = self.bounds()
+        spread = "" if self.std is None else f" ± {self.std * 100:.2f}"
+        return (f"{self.mean * 100:+.2f}{spread} [{lo * 100:+.2f}, {hi * 100:+.2f}] "
+                f"**{self.verdict}**")
+
 
 def _correct(run: Run) -> dict[str, np.ndarray] | None:
     """Per-image correctness of a run's last validation and its test pass, where it kept
