@@ -131,3 +131,16 @@ def test_the_tasks_section_has_the_tunability_table(disagreeing):
     assert row.startswith("| learning rate | `0.01` | +5.00 | +18.00 | +19.00 | +0.00 | **+10.50**")
     assert "**Worth tuning per task?**" in section
     assert "transfer better than fmnist_55k's best?**" in section
+
+
+def test_the_front_pages_tunability_table_is_regenerated_from_the_record(disagreeing, tmp_path):
+    from fmnist_lab.report.docs import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nTunability (record: `tunability`):\n\n| setting |\n|---|\n"
+                      "| old |\n\nEnd.\n")
+    assert update_readme(readme, disagreeing)
+    row = next(line for line in readme.read_text().splitlines()
+               if line.startswith("| learning rate"))
+    assert row.startswith("| learning rate | `0.01` | +10.50 [")
+    assert not update_readme(readme, disagreeing)  # already current

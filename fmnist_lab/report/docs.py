@@ -20,7 +20,7 @@ from fmnist_lab.report.tables import (
     seed_loss_text,
     status_cell,
 )
-from fmnist_lab.report.tasks import tasks_verdicts
+from fmnist_lab.report.tasks import tasks_tunability, tasks_verdicts
 from fmnist_lab.results import write_text_atomic
 
 # A docs line naming an experiment of the record, "(record: `learning_rate`; ...)": the
@@ -115,15 +115,16 @@ def compare_readme_table(summary: dict[str, Any]) -> str:
 def update_readme_tables(text: str, sweeps: list[Sweep],
                          compare: dict[str, Any] | None = None,
                          tasks: str | None = None, search: str | None = None,
-                         budget: str | None = None) -> str:
+                         budget: str | None = None, tunability: str | None = None) -> str:
     """`text` with the table after each "(record: `EXPERIMENT`" line regenerated from
     `sweeps` ("(record: `compare`": from `compare`, a compare.json; "(record: `tasks`": the
     `tasks` verdict table; "(record: `search`": the searches side by side; "(record:
-    `budget`": lr* by data and steps, then the two effects); a table of an experiment
+    `budget`": lr* by data and steps, then the two effects; "(record: `tunability`": the
+    tasks' tunability per setting); a table of an experiment
     neither recorded nor in the seed is left alone."""
     by_name = {sweep.name: sweep for sweep in sweeps}
     made = {"compare": compare_readme_table(compare) if compare else None, "tasks": tasks,
-            "search": search, "budget": budget}
+            "search": search, "budget": budget, "tunability": tunability}
     lines = text.split("\n")
     out: list[str] = []
     i = 0
@@ -170,7 +171,8 @@ def update_readme(readme: Path, root: Path) -> bool:
     compare = json.loads(found[0].read_text()) if found else None
     runs = load_runs(root)
     updated = update_readme_tables(text, group_sweeps(runs, root), compare, tasks_verdicts(runs),
-                                   search_comparison(root, runs), budget_answer(runs))
+                                   search_comparison(root, runs), budget_answer(runs),
+                                   tasks_tunability(runs) if "`tunability`" in text else None)
     if updated != text:
         write_text_atomic(readme, updated)
     return updated != text

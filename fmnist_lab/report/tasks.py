@@ -44,6 +44,7 @@ from fmnist_lab.report.tunability import (
     all_tunability,
     definition,
     tunability_lines,
+    tunability_summary,
     tunability_table,
 )
 
@@ -366,6 +367,14 @@ def reference_note(grouped: dict[str, dict[str, TaskSetting]], tasks_root: Path)
                  "regret here mixes the task with the training length; rerun the tasks with "
                  "the reference's length to judge the task alone.")
     return note
+
+
+def tasks_tunability(runs: list[Run]) -> str | None:
+    """The front page's tunability table of the tasks runs among `runs`; None without them."""
+    grouped = group_tasks(runs)
+    if REFERENCE not in grouped:
+        return None
+    return tunability_summary(all_tunability(grouped), all_regrets(grouped)[0])
 
 
 def tasks_verdicts(runs: list[Run]) -> str | None:

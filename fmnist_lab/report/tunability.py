@@ -304,3 +304,15 @@ def tunability_lines(tunings: list[Tunability]) -> list[str]:
             "(fmnist_55k's minus the held-out default's, 95 % interval): "
             + "; ".join(parts) + ".")
     return lines
+
+
+def tunability_summary(tunings: list[Tunability], regrets: list[Regret]) -> str:
+    """The front page's table: per setting the shared default, its mean tunability, and the
+    regret of fmnist_55k's best beside that of a default picked without the task."""
+    rows = [[SETTINGS[t.key], f"`{format_value(t.default)}`",
+             f"{_pts(t.mean)} {_interval(t, 'tunability')}",
+             _pts(_mean_regret(regrets, t.key)),
+             f"{_pts(t.held_out)} {_interval(t, 'held_out')}"] for t in tunings]
+    return markdown_table(["setting", "shared default", "mean tunability [95 %]",
+                           "regret: fmnist_55k's best", "regret: a default picked without "
+                           "the task [95 %]"], rows)
