@@ -182,3 +182,37 @@ def test_the_front_pages_budget_tables_are_regenerated_from_the_record(falling, 
     assert "| old |" not in text and text.endswith("\n\nEnd.\n")
     assert "| 55,000 images | 0.1 [" in text and "**steps effect** (across 25×)" in text
     assert not update_readme(readme, falling)  # already current, both tables
+
+
+BUDGET = Path(__file__).resolve().parents[1] / "results" / "budget"
+TASK_IMAGES = {"fmnist_1k": 1000, "fmnist_5k": 5000, "fmnist_55k": 55000}
+
+
+def test_the_committed_budget_record_holds_every_run_once():
+    from collections import Counter
+
+    runs = [json.loads(p.read_text()) for p in BUDGET.rglob("results.json")]
+    trained = [r["run_key"] for r in runs]
+    assert len(trained) == len(set(trained)) == 135, "a configuration and seed trained twice"
+    count = Counter((r["choices"]["task"], r["config"]["trainer"]["max_steps"], r["seed"])
+                    for r in runs)
+    assert count == {(t, n, s): 5 for t in TASK_IMAGES for n in STEPS for s in (0, 1, 2)}
+    for r in runs:
+        assert r["status"] in ("completed", "diverged") and not r.get("reused_from")
+        assert r["train_images"] == TASK_IMAGES[r["choices"]["task"]]
+        assert r["config"]["optimizer"]["lr"] in LRS
+        if r["status"] == "completed":  # exactly its budget, validated ten times
+            steps = r["config"]["trainer"]["max_steps"]
+            assert [e["step"] for e in r["history"]] == [steps // 10 * k for k in range(1, 11)]
+
+
+@pytest.mark.slow  # bootstraps every cell
+def test_the_committed_budget_record_regenerates_its_report_exactly(tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "budget"
+    shutil.copytree(BUDGET, copy)
+    (copy / "report.md").unlink()
+    monkeypatch.chdir(BUDGET.parents[1])  # as make budget names it: --tasks results/tasks
+    write_report(copy, tasks_root=Path("results/tasks"))
+    assert (copy / "report.md").read_text() == (BUDGET / "report.md").read_text()
