@@ -183,7 +183,7 @@ dashboard: $(STAMP)
 	$(PY) -m fmnist_lab.search dashboard $(DIR) --port $(PORT) --host $(HOST)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fmnist_lab tests
+	$(VENV)/bin/ruff check fmnist_lab tests hydra_plugins
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache
